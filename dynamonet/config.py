@@ -1,0 +1,360 @@
+"""One nested, validated configuration for every DynamoNet entry point.
+
+The flow (see DESIGN.md and the README):
+
+    YAML recipe ──► defaults of :class:`Config` ──► ``--set a.b=v`` / flags ──► Config
+         Config.to_dict() ──► Ray ``train_loop_config`` ──► Config.from_dict() in each worker
+
+Every field carries a ``help`` text; :mod:`dynamonet.cli` turns each into a ``--section.field``
+flag, so every option of a recipe can be overridden on the command line. Validation happens in
+``__post_init__`` and raises ``ValueError`` naming the field (``model.kernel_size``), so bad
+configuration fails on the driver before any Ray worker starts.
+
+Paper references: loss weights α=0.1, β=1.0 and the Huber δ=0.01 (§3.1–3.2, §4.3); SGD with
+Nesterov momentum 0.9, weight decay 1e-4, lr 0.1 at batch 64 divided by 10 on a validation-loss
+plateau (§4.3); 5×5 dynamic filters (§3.1); clips of 16/32/64 frames, 112×112 crops after a
+resize to 122 (§3, §4.3).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any, get_type_hints
+
+import yaml
+
+MODES = ("pretrain", "joint", "no_fp", "backbone")
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse's name
+    """A dataclass field with a help text (mutable defaults are copied per instance)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: copy.deepcopy(d), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ValueError(f"{key}: {msg}")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = _f("r3d18", "backbone architecture (see `python -m dynamonet.models.summary --list`)")
+    mode: str = _f("joint", "pretrain (frame prediction only) | joint (α·FP+β·CE) | no_fp (filters, "
+                            "no FP loss, paper §4.5) | backbone (plain 3D-CNN baseline)")
+    num_classes: int = _f(0, "classifier outputs; 0 = the class count of the dataset manifest")
+    kernel_size: int = _f(5, "spatial size s of the dynamic motion filters (odd, 3..7; paper §3.1)")
+    dmr_dim: int = _f(512, "size of the dynamic motion representation FC (paper §4.1: 512)")
+    ar_dim: int = _f(512, "size of the appearance representation FC")
+    head_channels: int = _f(64, "channels of the 2 conv layers in the motion and AR branches (paper §4.1: 64)")
+    dropout: float = _f(0.5, "dropout before the classifier")
+    shortcut: str = _f("", "residual shortcut type A or B; empty = the architecture's default")
+    widths: list = _f([], "override the per-stage widths (empty = the architecture's default)")
+
+    def __post_init__(self) -> None:
+        _check(self.mode in MODES, "model.mode", f"unknown mode {self.mode!r}; choose from {', '.join(MODES)}")
+        _check(isinstance(self.kernel_size, int) and 3 <= self.kernel_size <= 7 and self.kernel_size % 2 == 1,
+               "model.kernel_size", f"must be an odd integer in 3..7, got {self.kernel_size!r}")
+        _check(self.num_classes >= 0, "model.num_classes", f"must be >= 0, got {self.num_classes}")
+        _check(self.dmr_dim > 0 and self.ar_dim > 0 and self.head_channels > 0, "model.dmr_dim",
+               "dmr_dim, ar_dim and head_channels must be positive")
+        _check(0.0 <= self.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {self.dropout}")
+        _check(self.shortcut in ("", "A", "B"), "model.shortcut", f"must be A, B or empty, got {self.shortcut!r}")
+
+
+@dataclass
+class SyntheticConfig:
+    num_classes: int = _f(13, "motion classes (8 translations, 2 rotations, zoom in/out, static)")
+    train_per_class: int = _f(48, "training videos per class")
+    val_per_class: int = _f(12, "validation videos per class")
+    num_frames: int = _f(24, "frames per generated video")
+    size: int = _f(48, "height and width of the generated videos")
+    fps: float = _f(25.0, "frame rate of the generated videos")
+    seed: int = _f(0, "generator seed; the dataset is a pure function of this config")
+
+    def __post_init__(self) -> None:
+        _check(2 <= self.num_classes <= 13, "data.synthetic.num_classes", f"must be in 2..13, got {self.num_classes}")
+        _check(self.train_per_class >= 1 and self.val_per_class >= 1, "data.synthetic.train_per_class",
+               "train_per_class and val_per_class must be >= 1")
+        _check(self.num_frames >= 3, "data.synthetic.num_frames", f"must be >= 3, got {self.num_frames}")
+        _check(self.size >= 16 and self.size % 2 == 0, "data.synthetic.size", f"must be even and >= 16, got {self.size}")
+
+
+@dataclass
+class DataConfig:
+    root: str = _f("", "dataset root holding manifest.json: a local directory or s3://bucket/prefix; "
+                       "empty = the embedded synthetic dataset (built once and cached)")
+    s3_endpoint: str = _f("", "S3 endpoint override (host:port or URL); empty = AWS_ENDPOINT_URL or AWS")
+    cache_dir: str = _f("", "where the embedded synthetic dataset is cached; empty = ~/.cache/dynamonet")
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig,
+                                       metadata={"help": "the embedded synthetic dataset"})
+    train_split: str = _f("train", "split used for training")
+    val_split: str = _f("val", "split used for validation and evaluation")
+    clip_len: int = _f(16, "T: frames the network sees; each clip carries T+1 frames for frame prediction")
+    frame_stride: int = _f(1, "temporal stride between the frames of a clip")
+    clips_per_video: int = _f(1, "K: random training windows per video per epoch")
+    crop_size: int = _f(112, "spatial crop size (paper: 112)")
+    resize_short: int = _f(122, "short side to resize to when a video is not in the canonical format (paper: 122)")
+    batch_size: int = _f(8, "clips per Train worker per step")
+    decode_actors: int = _f(2, "decoder actors (Ray Data actor pool size)")
+    decode_cpus: float = _f(1.0, "logical CPUs each decoder actor requests")
+    decode_resources: dict = _f({}, "extra Ray resources each decoder requests (node placement, e.g. {decode: 0.01})")
+    max_eval_clips: int = _f(0, "cap on evaluation clips per video (0 = every non-overlapping clip)")
+    shuffle_buffer: int = _f(0, "local shuffle buffer in clips for training batches (0 = off)")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.synthetic, dict):
+            self.synthetic = SyntheticConfig(**self.synthetic)
+        _check(self.clip_len >= 2, "data.clip_len", f"must be >= 2, got {self.clip_len}")
+        _check(self.frame_stride >= 1, "data.frame_stride", f"must be >= 1, got {self.frame_stride}")
+        _check(self.clips_per_video >= 1, "data.clips_per_video", f"must be >= 1, got {self.clips_per_video}")
+        _check(self.crop_size >= 8, "data.crop_size", f"must be >= 8, got {self.crop_size}")
+        _check(self.resize_short >= self.crop_size, "data.resize_short",
+               f"must be >= data.crop_size ({self.crop_size}), got {self.resize_short}")
+        _check(self.batch_size >= 1, "data.batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.decode_actors >= 1, "data.decode_actors", f"must be >= 1, got {self.decode_actors}")
+        _check(self.decode_cpus > 0, "data.decode_cpus", f"must be > 0, got {self.decode_cpus}")
+        _check(self.max_eval_clips >= 0, "data.max_eval_clips", f"must be >= 0, got {self.max_eval_clips}")
+
+
+@dataclass
+class LossConfig:
+    alpha: float = _f(0.1, "weight α of the frame-prediction loss (paper §4.3: 0.1)")
+    beta: float = _f(1.0, "weight β of the classification loss (paper §4.3: 1.0)")
+    huber_delta: float = _f(0.01, "Huber threshold δ on pixels in [0, 1] (paper eq. 2: 0.01)")
+
+    def __post_init__(self) -> None:
+        _check(self.alpha >= 0, "loss.alpha", f"must be >= 0, got {self.alpha}")
+        _check(self.beta >= 0, "loss.beta", f"must be >= 0, got {self.beta}")
+        _check(self.huber_delta > 0, "loss.huber_delta", f"must be > 0, got {self.huber_delta}")
+
+
+SCHEDULES = ("plateau", "cosine", "constant")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = _f(0.1, "learning rate at the reference batch `lr_batch` (paper: 0.1 at 64)")
+    lr_batch: int = _f(64, "reference global batch; lr scales linearly with global_batch / lr_batch")
+    momentum: float = _f(0.9, "SGD momentum (Nesterov)")
+    nesterov: bool = _f(True, "Nesterov momentum (paper §4.3)")
+    weight_decay: float = _f(1e-4, "weight decay")
+    schedule: str = _f("plateau", "plateau (divide by plateau_factor when val loss stalls) | cosine | constant")
+    plateau_factor: float = _f(0.1, "lr factor on a validation-loss plateau")
+    plateau_patience: int = _f(2, "epochs without validation-loss improvement before dividing the lr")
+    warmup_epochs: float = _f(0.0, "linear warm-up length in epochs (0 = off)")
+    min_lr: float = _f(0.0, "lower bound of the learning rate")
+    grad_clip: float = _f(0.0, "clip the gradient norm to this value (0 = off)")
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
+        _check(self.lr_batch >= 1, "optim.lr_batch", f"must be >= 1, got {self.lr_batch}")
+        _check(self.schedule in SCHEDULES, "optim.schedule", f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}")
+        _check(0 < self.plateau_factor < 1, "optim.plateau_factor", f"must be in (0, 1), got {self.plateau_factor}")
+        _check(self.warmup_epochs >= 0, "optim.warmup_epochs", f"must be >= 0, got {self.warmup_epochs}")
+
+
+AMP_MODES = ("auto", "off", "fp16", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _f(10, "training epochs")
+    num_workers: int = _f(2, "Ray Train workers (DDP ranks)")
+    use_gpu: bool = _f(False, "one GPU per worker, NCCL backend (gloo on CPU)")
+    cpus_per_worker: float = _f(1.0, "logical CPUs each Train worker requests")
+    gpus_per_worker: float = _f(1.0, "GPUs each Train worker requests when use_gpu")
+    worker_resources: dict = _f({}, "extra Ray resources each Train worker requests (node placement)")
+    torch_threads: int = _f(0, "intra-op threads per worker (0 = cores / workers on this node)")
+    amp: str = _f("auto", "mixed precision on GPU: auto (bf16 where supported, else fp16) | off | fp16 | bf16")
+    channels_last: bool = _f(True, "channels_last_3d memory format on GPU")
+    seed: int = _f(0, "random seed")
+    log_every: int = _f(20, "progress line every N steps (rank 0)")
+    eval_every: int = _f(1, "validate every N epochs (and always after the last)")
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
+        _check(self.num_workers >= 1, "train.num_workers", f"must be >= 1, got {self.num_workers}")
+        _check(self.cpus_per_worker > 0, "train.cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
+        _check(self.amp in AMP_MODES, "train.amp", f"unknown amp mode {self.amp!r}; choose from {', '.join(AMP_MODES)}")
+        _check(self.eval_every >= 1, "train.eval_every", f"must be >= 1, got {self.eval_every}")
+
+
+@dataclass
+class RunConfig:
+    name: str = _f("", "run name; re-running with the same name resumes it (empty = <recipe>-<time>)")
+    storage_path: str = _f("runs", "where checkpoints and logs go: a local directory or s3://bucket/path")
+    max_failures: int = _f(2, "restarts from the last checkpoint after a worker failure")
+    init_from: str = _f("", "checkpoint to initialise weights from (matching names and shapes are loaded)")
+    resume: bool = _f(False, "continue the run named by run.name (or the latest run in storage_path)")
+    force: bool = _f(False, "resume even if the stored config differs from this one")
+    ray_address: str = _f("", "Ray cluster address; empty = RAY_ADDRESS or a new local Ray")
+    local_cpus: int = _f(0, "logical CPUs of a new local Ray (0 = 4 × cores, oversubscribed so Data never starves)")
+
+    def __post_init__(self) -> None:
+        _check(self.max_failures >= -1, "run.max_failures", f"must be >= -1, got {self.max_failures}")
+        _check(bool(self.storage_path), "run.storage_path", "must not be empty")
+
+
+@dataclass
+class Config:
+    recipe: str = _f("custom", "name of the recipe this config came from")
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "network"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data"})
+    loss: LossConfig = field(default_factory=LossConfig, metadata={"help": "losses"})
+    optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "optimiser"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training"})
+    run: RunConfig = field(default_factory=RunConfig, metadata={"help": "run and cluster"})
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, YAML/JSON-serialisable dict (the form Ray and checkpoints carry)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        """Build and validate from a (possibly partial) nested dict; unknown keys are errors."""
+        return _build(cls, d, prefix="")
+
+    def override(self, key: str, value: Any) -> "Config":
+        """A copy with ``key`` ("optim.lr") set to ``value`` (strings are parsed as YAML)."""
+        d = self.to_dict()
+        set_by_path(d, key, value)
+        return Config.from_dict(d)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The part of the config that must not change when a run resumes.
+
+        Run bookkeeping (name, resume, force, addresses) and the epoch count (extending a run is
+        legitimate) are excluded.
+        """
+        d = self.to_dict()
+        d.pop("run")
+        d["train"] = {k: v for k, v in d["train"].items() if k not in ("epochs", "log_every")}
+        return d
+
+
+def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:
+    if d is None:
+        d = {}
+    if not isinstance(d, dict):
+        raise ValueError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(d).__name__}")
+    hints = get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ValueError(f"{prefix}{unknown[0]}: unknown config key (known: {', '.join(sorted(known))})")
+    kwargs: dict[str, Any] = {}
+    for name, value in d.items():
+        typ = hints[name]
+        if dataclasses.is_dataclass(typ):
+            kwargs[name] = _build(typ, value, prefix=f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, typ, f"{prefix}{name}")
+    try:
+        return cls(**kwargs)
+    except ValueError as e:
+        msg = str(e)
+        # Sub-dataclasses report their own full key; only prefix top-level ones.
+        raise ValueError(msg) from None
+    except TypeError as e:  # pragma: no cover - defensive
+        raise ValueError(f"{prefix.rstrip('.')}: {e}") from None
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Light type coercion for values coming from YAML or the command line."""
+    if isinstance(value, str) and typ is not str:
+        value = yaml.safe_load(value) if value.strip() else value
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{key}: expected true/false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ValueError(f"{key}: expected an integer, got {value!r}")
+        return int(value)
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        if value is None:
+            return ""
+        if not isinstance(value, (str, int, float)):
+            raise ValueError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    if typ is list:
+        if value in (None, ""):
+            return []
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key}: expected a list, got {value!r}")
+        return list(value)
+    if typ is dict:
+        if value in (None, ""):
+            return {}
+        if not isinstance(value, dict):
+            raise ValueError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def set_by_path(d: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``d["a"]["b"] = value`` for ``key="a.b"``; unknown sections are reported by name."""
+    parts = key.split(".")
+    node = d
+    for i, p in enumerate(parts[:-1]):
+        if p not in node or not isinstance(node[p], dict):
+            raise ValueError(f"{'.'.join(parts[: i + 1])}: unknown config section")
+        node = node[p]
+    if parts[-1] not in node:
+        raise ValueError(f"{key}: unknown config key")
+    node[parts[-1]] = value
+
+
+def deep_update(base: dict[str, Any], upd: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Recursively merge ``upd`` into a copy of ``base``; keys unknown to ``base`` are errors."""
+    out = copy.deepcopy(base)
+    for k, v in (upd or {}).items():
+        if k not in out:
+            raise ValueError(f"{prefix}{k}: unknown config key")
+        if isinstance(out[k], dict) and isinstance(v, dict) and k not in ("decode_resources", "worker_resources"):
+            out[k] = deep_update(out[k], v, prefix=f"{prefix}{k}.")
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Recipe YAML (optional) → defaults → ``key=value`` overrides → validated :class:`Config`."""
+    d = Config().to_dict()
+    if path:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                recipe = yaml.safe_load(fh) or {}
+        except FileNotFoundError:
+            raise ValueError(f"--config: recipe file not found: {path}") from None
+        except yaml.YAMLError as e:
+            raise ValueError(f"--config: {path} is not valid YAML: {e}") from None
+        d = deep_update(d, recipe)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"--set: expected key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        set_by_path(d, key.strip(), value)
+    return Config.from_dict(d)
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """``{"section.field": help}`` for every leaf field reachable from ``cls``."""
+    out: dict[str, str] = {}
+    hints = get_type_hints(cls)
+    for f in fields(cls):
+        typ = hints[f.name]
+        if dataclasses.is_dataclass(typ):
+            for k, v in field_help(typ).items():
+                out[f"{f.name}.{k}"] = v
+        else:
+            out[f.name] = f.metadata.get("help", "")
+    return out
