@@ -26,6 +26,7 @@ from typing import Any, get_type_hints
 import yaml
 
 MODES = ("pretrain", "joint", "no_fp", "backbone")
+REQUIRED = "???"  # a recipe value the user must supply (e.g. data.root of the UCF101 recipe)
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse's name
@@ -88,11 +89,13 @@ class DataConfig:
     root: str = _f("", "dataset root holding manifest.json: a local directory or s3://bucket/prefix; "
                        "empty = the embedded synthetic dataset (built once and cached)")
     s3_endpoint: str = _f("", "S3 endpoint override (host:port or URL); empty = AWS_ENDPOINT_URL or AWS")
+    s3_max_attempts: int = _f(10, "attempts per S3 request while streaming (AWS standard retry mode, backoff "
+                                  "capped at 20 s: 10 attempts ride out about 75 s of unreachable endpoint)")
     cache_dir: str = _f("", "where the embedded synthetic dataset is cached; empty = ~/.cache/dynamonet")
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig,
                                        metadata={"help": "the embedded synthetic dataset"})
     train_split: str = _f("train", "split used for training")
-    val_split: str = _f("val", "split used for validation and evaluation")
+    val_split: str = _f("val", "split used for validation and evaluation (empty = no validation)")
     clip_len: int = _f(16, "T: frames the network sees; each clip carries T+1 frames for frame prediction")
     frame_stride: int = _f(1, "temporal stride between the frames of a clip")
     clips_per_video: int = _f(1, "K: random training windows per video per epoch")
@@ -108,6 +111,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         if isinstance(self.synthetic, dict):
             self.synthetic = SyntheticConfig(**self.synthetic)
+        _check(self.root != REQUIRED, "data.root",
+               "this recipe needs a dataset: pass --data DIR or --data s3://bucket/prefix (see prepare_data.py)")
+        _check(bool(self.train_split), "data.train_split", "must not be empty")
         _check(self.clip_len >= 2, "data.clip_len", f"must be >= 2, got {self.clip_len}")
         _check(self.frame_stride >= 1, "data.frame_stride", f"must be >= 1, got {self.frame_stride}")
         _check(self.clips_per_video >= 1, "data.clips_per_video", f"must be >= 1, got {self.clips_per_video}")
@@ -118,6 +124,7 @@ class DataConfig:
         _check(self.decode_actors >= 1, "data.decode_actors", f"must be >= 1, got {self.decode_actors}")
         _check(self.decode_cpus > 0, "data.decode_cpus", f"must be > 0, got {self.decode_cpus}")
         _check(self.max_eval_clips >= 0, "data.max_eval_clips", f"must be >= 0, got {self.max_eval_clips}")
+        _check(self.s3_max_attempts >= 1, "data.s3_max_attempts", f"must be >= 1, got {self.s3_max_attempts}")
 
 
 @dataclass
@@ -197,6 +204,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         _check(self.max_failures >= -1, "run.max_failures", f"must be >= -1, got {self.max_failures}")
         _check(bool(self.storage_path), "run.storage_path", "must not be empty")
+        _check(self.storage_path != REQUIRED, "run.storage_path",
+               "this recipe needs storage every node can reach: pass --storage-path s3://bucket/runs")
 
 
 @dataclass

@@ -1,0 +1,146 @@
+"""Evaluate a checkpoint on a split: paper §4.3 "Testing", §4.6 / Tab. 3.
+
+    checkpoint ──► config + class names ──► Ray Data eval stream (every non-overlapping clip,
+    centre crop) ──► the same ``validate`` as training ──► video top-1/top-5 (mean of the clip
+    scores of each video), clip accuracy, per-class accuracy, confusion matrix PNG, and
+    frame-prediction SSIM/PSNR next to the copy-last-frame baseline.
+
+The model runs in this process (``--device cuda`` for a GPU); decoding runs in Ray Data actors.
+For UCF101/HMDB51 give one checkpoint per official split: the mean over the splits is reported,
+as in the paper's tables.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from dynamonet import storage
+from dynamonet.config import Config
+from dynamonet.eval_metrics import per_class_accuracy
+from dynamonet.train.checkpoint import load_checkpoint
+
+COLUMNS = ["clip", "label", "video_index", "clip_index", "status"]
+
+
+def load_for_eval(checkpoint: str, overrides: list[str] | None = None, endpoint: str = ""
+                  ) -> tuple[Config, dict[str, Any]]:
+    """``(config, state)`` of a checkpoint, with ``key=value`` overrides applied to its config."""
+    state = load_checkpoint(checkpoint, endpoint)
+    if not state.get("config"):
+        raise ValueError(f"--checkpoint: {checkpoint} carries no DynamoNet config; evaluate needs one of ours")
+    cfg = Config.from_dict(state["config"])
+    for item in overrides or []:
+        key, value = item.split("=", 1)
+        cfg = cfg.override(key, value)
+    return cfg, state
+
+
+def build_eval_model(cfg: Config, state: dict[str, Any], device: torch.device) -> torch.nn.Module:
+    from dynamonet.train.worker import build_model_from_config
+
+    model = build_model_from_config(cfg, len(state["class_names"]) or cfg.model.num_classes)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()
+
+
+def evaluate_checkpoint(checkpoint: str, *, split: str = "", overrides: list[str] | None = None,
+                        device: str = "cpu", batch_size: int = 0, out_dir: str = "") -> dict[str, Any]:
+    """Evaluate one checkpoint; writes metrics.json, per_class.csv and confusion_matrix.png to ``out_dir``."""
+    from dynamonet.data import build_clip_dataset, open_dataset
+    from dynamonet.train.engine import validate
+    from dynamonet.train.ray_train import effective_data, init_ray
+    from dynamonet.train.worker import amp_dtype_for
+
+    cfg, state = load_for_eval(checkpoint, overrides)
+    split = split or cfg.data.val_split or "val"
+    if cfg.data.root:
+        manifest = open_dataset(cfg.data)
+        init_ray(cfg)
+        data = cfg.data
+    else:
+        init_ray(cfg)
+        data = effective_data(cfg)
+        manifest = open_dataset(data)
+    class_names = state["class_names"] or list(manifest.class_names)
+    if cfg.model.mode != "pretrain" and list(manifest.class_names) != list(class_names):
+        raise ValueError(f"data.root: the classes of {data.root} differ from the checkpoint's "
+                         f"({len(manifest.class_names)} vs {len(class_names)}); fine-tune first")
+    data = replace(data, batch_size=batch_size or data.batch_size)
+    ds, info = build_clip_dataset(data, split, training=False, num_consumers=1, manifest=manifest)
+    dev = torch.device(device)
+    model = build_eval_model(cfg, state, dev)
+    batches = ds.select_columns(COLUMNS).iter_torch_batches(batch_size=data.batch_size, device=dev)
+    res = validate(model, batches, cfg, dev, len(class_names), amp_dtype_for(cfg, dev), prefix="eval")
+    out: dict[str, Any] = {"checkpoint": checkpoint, "epoch": state.get("epoch"), "split": split,
+                           "data_root": data.root, "num_videos": info.num_videos, "num_clips": info.num_clips,
+                           "metrics": {k: v for k, v in res.metrics.items() if not _nan(v)}}
+    if res.confusion is not None:
+        acc = per_class_accuracy(res.confusion)
+        out["per_class_top1"] = {c: (None if _nan(a) else float(a)) for c, a in zip(class_names, acc.tolist())}
+    if out_dir:
+        write_reports(out, res.confusion, class_names, out_dir)
+    return out
+
+
+def _nan(v: Any) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
+def default_out_dir(checkpoint: str, split: str) -> str:
+    """``<run>/eval/<split>`` next to a local checkpoint, else ``./eval/<split>``."""
+    if storage.is_remote(checkpoint):
+        return os.path.join("eval", split or "val")
+    path = os.path.abspath(checkpoint)
+    path = os.path.dirname(path) if path.endswith(".pt") else path
+    run = os.path.dirname(path) if os.path.basename(path).startswith("checkpoint_epoch") else path
+    return os.path.join(run, "eval", split or "val")
+
+
+def write_reports(result: dict[str, Any], confusion: torch.Tensor | None, class_names: list[str], out_dir: str) -> None:
+    """metrics.json, per_class.csv and confusion_matrix.png."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "metrics.json"), "w") as fh:
+        json.dump(result, fh, indent=2)
+    if confusion is None:
+        return
+    with open(os.path.join(out_dir, "per_class.csv"), "w") as fh:
+        fh.write("class,videos,top1\n")
+        for name, row, acc in zip(class_names, confusion.tolist(), per_class_accuracy(confusion).tolist()):
+            fh.write(f"{name},{sum(row)},{'' if math.isnan(acc) else f'{acc:.4f}'}\n")
+    plot_confusion(confusion, class_names, os.path.join(out_dir, "confusion_matrix.png"))
+
+
+def plot_confusion(cm: torch.Tensor, class_names: list[str], path: str) -> None:
+    """Row-normalised confusion matrix (true class in rows) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(class_names)
+    norm = cm.float() / cm.sum(1, keepdim=True).clamp(min=1)
+    size = min(4 + 0.35 * k, 30)
+    fig, ax = plt.subplots(figsize=(size, size))
+    im = ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
+    if k <= 60:
+        ax.set_xticks(range(k), class_names, rotation=90, fontsize=8)
+        ax.set_yticks(range(k), class_names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"video-level confusion ({int(cm.sum())} videos)")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def mean_over_splits(results: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean of every metric present in all results (UCF101/HMDB51 protocol: splits 1–3)."""
+    keys = set.intersection(*(set(r["metrics"]) for r in results))
+    return {k: sum(r["metrics"][k] for r in results) / len(results) for k in sorted(keys)}

@@ -1,0 +1,275 @@
+"""The Ray Train driver: from a validated Config to a finished, checkpointed run.
+
+    Config ──► checks on the driver (model builds, dataset readable, clip fits, run/config match)
+           ──► ray.init (local, oversubscribed) or connect (RAY_ADDRESS / ray job submit)
+           ──► Ray Data clip streams (train: K random clips/video; val: every clip)
+           ──► TorchTrainer(train_loop_per_worker, ScalingConfig, RunConfig(name, storage_path,
+                            FailureConfig(max_failures)), datasets) .fit()
+           ──► result.json + TensorBoard events + the final line
+
+Everything that can be wrong with a configuration is found before a single worker starts, and
+reported as one line naming the field. The Tune sweep (``tune/sweep.py``) reuses
+:func:`prepare_run` and :func:`build_trainer` for every trial.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import posixpath
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import yaml
+
+from dynamonet import storage
+from dynamonet.config import Config, DataConfig
+
+DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "dynamonet")
+CONFIG_FILE = "dynamonet_config.yaml"
+
+
+@dataclass
+class RunSpec:
+    """Everything the trainer needs, resolved on the driver."""
+
+    cfg: Config
+    name: str
+    storage_path: str  # as given to Ray (absolute local path or s3://...)
+    run_uri: str  # <storage_path>/<name>
+    data: DataConfig  # with data.root resolved (synthetic cache path when it was empty)
+    class_names: list[str]
+    num_classes: int
+    steps_per_epoch: int
+    datasets: dict[str, Any] = field(default_factory=dict)
+    init_state: Any = None
+    resumed_epoch: int = 0
+
+
+def effective_data(cfg: Config) -> DataConfig:
+    """``cfg.data`` with an empty root replaced by the cached embedded synthetic dataset."""
+    if cfg.data.root:
+        return cfg.data
+    from dynamonet.data import ensure_synthetic_dataset
+
+    cache = cfg.data.cache_dir or DEFAULT_CACHE
+    root = ensure_synthetic_dataset(cfg.data.synthetic, os.path.join(cache, "synthetic"))
+    return replace(cfg.data, root=root)
+
+
+def init_ray(cfg: Config) -> None:
+    """Connect to ``run.ray_address`` / ``RAY_ADDRESS``, or start a local, oversubscribed Ray.
+
+    On a small machine Train workers that hold every CPU starve Ray Data's decoders and the run
+    hangs silently (NOTES-ray.md), so a local Ray advertises 4 logical CPUs per core.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        cpus = cfg.run.local_cpus or 4 * (os.cpu_count() or 1)
+        ray.init(num_cpus=cpus, include_dashboard=True, log_to_driver=True)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # one progress line per step comes from rank 0 instead
+    ctx.print_on_execution_start = False
+
+
+def resolve_run(cfg: Config) -> tuple[Config, str, str]:
+    """Pick the run name and check the resume rules; returns (cfg, storage_path, run_uri)."""
+    fs, base = storage.open_fs(cfg.run.storage_path, cfg.data.s3_endpoint)
+    storage_path = cfg.run.storage_path if storage.is_remote(cfg.run.storage_path) else base
+    name = cfg.run.name
+    if not name and cfg.run.resume:
+        runs = storage.list_runs(fs, base)
+        if not runs:
+            raise ValueError(f"run.resume: no run to resume under {cfg.run.storage_path}")
+        name = runs[-1][1]
+    if not name:
+        name = f"{cfg.recipe}-{cfg.model.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+    cfg = cfg.override("run.name", name)
+    cfg_path = posixpath.join(base, name, CONFIG_FILE)
+    if storage.exists(fs, cfg_path):
+        stored = Config.from_dict(yaml.safe_load(storage.read_bytes(fs, cfg_path)))
+        diff = _diff(stored.fingerprint(), cfg.fingerprint())
+        if diff and not cfg.run.force:
+            raise ValueError(f"run.name: run {name!r} already exists with a different config ({'; '.join(diff[:4])}); "
+                             "choose another --name, or pass --force to resume it with this config")
+    elif cfg.run.resume:
+        raise ValueError(f"run.resume: no run named {name!r} under {cfg.run.storage_path}")
+    storage.write_bytes(fs, cfg_path, yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
+    return cfg, storage_path, storage_path.rstrip("/") + "/" + name
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return out
+
+
+def prepare_run(cfg: Config, *, build_datasets: bool = True) -> RunSpec:
+    """Validate everything on the driver, start Ray, build the datasets; no worker starts here."""
+    from dynamonet.train.worker import build_model_from_config
+
+    build_model_from_config(cfg, max(cfg.model.num_classes, 2))  # unknown arch etc. fail here
+    if cfg.data.root:  # a real dataset: check it before Ray starts
+        data = cfg.data
+        manifest = _open(data)
+        init_ray(cfg)
+    else:  # the embedded default: generating it uses Ray tasks
+        init_ray(cfg)
+        data = effective_data(cfg)
+        manifest = _open(data)
+    class_names = list(manifest.class_names)
+    num_classes = cfg.model.num_classes or len(class_names)
+    if cfg.model.mode != "pretrain" and num_classes < 2:
+        raise ValueError(f"model.num_classes: the dataset at {data.root} has {len(class_names)} classes; "
+                         "set model.num_classes or use mode=pretrain for unlabeled data")
+    cfg, storage_path, run_uri = resolve_run(cfg)
+    spec = RunSpec(cfg=cfg, name=cfg.run.name, storage_path=storage_path, run_uri=run_uri, data=data,
+                   class_names=class_names, num_classes=num_classes, steps_per_epoch=1)
+    fs, run_path = storage.open_fs(run_uri, cfg.data.s3_endpoint)
+    spec.resumed_epoch = max((e for e, _ in storage.list_checkpoints(fs, run_path)), default=0)
+    if cfg.run.init_from and spec.resumed_epoch == 0:
+        spec.init_state = _init_state(cfg, num_classes)
+    if build_datasets:
+        _build_datasets(spec, manifest)
+    return spec
+
+
+def _open(data: DataConfig) -> Any:
+    from dynamonet.data import open_dataset
+
+    return open_dataset(data)
+
+
+def _init_state(cfg: Config, num_classes: int) -> Any:
+    """Load matching weights from ``run.init_from`` on the driver, print the report, ray.put them."""
+    import ray
+
+    from dynamonet.models import load_matching_weights
+    from dynamonet.train.checkpoint import load_checkpoint
+    from dynamonet.train.worker import build_model_from_config
+
+    state = load_checkpoint(cfg.run.init_from, cfg.data.s3_endpoint)
+    model = build_model_from_config(cfg, num_classes)
+    report = load_matching_weights(model, state["model"])
+    print(f"[init] from {cfg.run.init_from}: {report.summary()}", flush=True)
+    return ray.put(model.state_dict())
+
+
+def _build_datasets(spec: RunSpec, manifest: Any) -> None:
+    from dynamonet.data import build_clip_dataset
+
+    cfg, w = spec.cfg, spec.cfg.train.num_workers
+    cols = ["clip", "label", "video_index", "clip_index", "status"]
+    train, tinfo = build_clip_dataset(spec.data, cfg.data.train_split, training=True, num_consumers=w,
+                                      manifest=manifest, seed=cfg.train.seed)
+    spec.datasets = {"train": train.select_columns(cols)}
+    val_note = "no validation split"
+    if cfg.data.val_split:
+        val, vinfo = build_clip_dataset(spec.data, cfg.data.val_split, training=False, num_consumers=w,
+                                        manifest=manifest)
+        spec.datasets["val"] = val.select_columns(cols)
+        val_note = f"val {vinfo.num_videos} videos → {vinfo.num_clips} clips"
+    rows_per_worker = (tinfo.num_clips + tinfo.num_padding) // w
+    spec.steps_per_epoch = max(1, math.ceil(rows_per_worker / cfg.data.batch_size))
+    print(f"[data] {spec.data.root}: train {tinfo.num_videos} videos → {tinfo.num_clips} clips/epoch "
+          f"(+{tinfo.num_padding} padding), {val_note}; "
+          f"{w} workers × {spec.steps_per_epoch} steps of {cfg.data.batch_size}", flush=True)
+
+
+def tensorboard_dir(spec: RunSpec) -> str:
+    """Event files go next to the checkpoints for local runs, under the cache for S3 runs."""
+    if storage.is_remote(spec.run_uri):
+        return os.path.join(DEFAULT_CACHE, "tensorboard", spec.name)
+    return os.path.join(spec.run_uri, "tensorboard")
+
+
+def build_trainer(spec: RunSpec, callbacks: list | None = None, name: str | None = None) -> Any:
+    """The TorchTrainer of a prepared run (also used by every Tune trial)."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from dynamonet.train.tensorboard import TensorBoardCallback
+    from dynamonet.train.worker import train_loop_per_worker
+
+    cfg = spec.cfg
+    resources = {"CPU": cfg.train.cpus_per_worker, **cfg.train.worker_resources}
+    if cfg.train.use_gpu:
+        resources["GPU"] = cfg.train.gpus_per_worker
+    storage_fs = None
+    storage_path = spec.storage_path
+    if storage.is_remote(storage_path):
+        storage_fs, storage_path = storage.open_fs(storage_path, cfg.data.s3_endpoint)
+    loop_config = {"config": cfg.to_dict(), "num_classes": spec.num_classes, "class_names": spec.class_names,
+                   "steps_per_epoch": spec.steps_per_epoch, "init_state": spec.init_state}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=name or spec.name, storage_path=storage_path, storage_filesystem=storage_fs,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            callbacks=[TensorBoardCallback(tensorboard_dir(spec)), *(callbacks or [])]),
+        torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
+        datasets=spec.datasets,
+    )
+
+
+def run_training(cfg: Config) -> dict[str, Any]:
+    """Prepare, fit, write ``result.json``; returns it. Raises RuntimeError if training failed."""
+    t0 = time.perf_counter()
+    spec = prepare_run(cfg)
+    if spec.resumed_epoch:
+        print(f"[run] resuming {spec.name!r} from epoch {spec.resumed_epoch} ({spec.run_uri})", flush=True)
+    else:
+        print(f"[run] {spec.name!r} → {spec.run_uri}", flush=True)
+    result = build_trainer(spec).fit()
+    if result.error is not None:
+        raise RuntimeError(f"training failed: {_root_cause(result.error)}")
+    out = {"run": spec.name, "path": spec.run_uri, "mode": spec.cfg.model.mode,
+           "checkpoint": result.checkpoint.path if result.checkpoint else None,
+           "metrics": {k: v for k, v in (result.metrics or {}).items() if _jsonable(v)},
+           "wall_time_s": time.perf_counter() - t0, "class_names": spec.class_names,
+           "tensorboard": tensorboard_dir(spec), "config": spec.cfg.to_dict()}
+    fs, run_path = storage.open_fs(spec.run_uri, cfg.data.s3_endpoint)
+    storage.write_bytes(fs, posixpath.join(run_path, "result.json"), json.dumps(out, indent=2).encode())
+    return out
+
+
+def _jsonable(v: Any) -> bool:
+    return isinstance(v, (int, str, bool)) or (isinstance(v, float) and math.isfinite(v))
+
+
+def _root_cause(err: BaseException) -> str:
+    """The innermost error message of a (possibly wrapped) Ray Train failure, on one line."""
+    seen = err
+    while getattr(seen, "__cause__", None) is not None:
+        seen = seen.__cause__
+    msg = str(seen).strip().splitlines()
+    return f"{type(seen).__name__}: {msg[-1] if msg else ''}"[:500]
+
+
+def final_line(result: dict[str, Any]) -> str:
+    """The last line users and tests read."""
+    m = result["metrics"]
+
+    def g(k: str) -> str:
+        v = m.get(k)
+        return f"{v:.4f}" if isinstance(v, float) else "nan"
+
+    return (f"DONE run={result['run']} epochs={m.get('epoch', 0)} val_top1={g('val/top1')} val_top5={g('val/top5')} "
+            f"fp_ssim={g('val/fp_ssim')} copy_last_ssim={g('val/copy_last_ssim')} "
+            f"wall_time={result['wall_time_s']:.1f}s")

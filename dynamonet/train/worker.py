@@ -1,0 +1,126 @@
+"""The per-worker training function run by Ray Train's TorchTrainer (one per DDP rank).
+
+Plain PyTorch with the few Ray lines marked ``# RAY``, in the style of Ray's Train examples:
+
+    config dict ──► Config ──► model (DDP via prepare_model) ──► resume from get_checkpoint()
+    for epoch: get_dataset_shard("train").iter_torch_batches ──► train_one_epoch
+               get_dataset_shard("val").iter_torch_batches   ──► validate
+               ray.train.report(metrics, checkpoint)   (every rank, every epoch: it is a barrier)
+
+Paper §3.2–3.3 (joint and self-supervised training), §4.3 (optimiser, schedule).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+
+from dynamonet.config import Config
+from dynamonet.models import build_model
+from dynamonet.train.checkpoint import CHECKPOINT_FILE, save_checkpoint
+from dynamonet.train.engine import Progress, train_one_epoch, validate
+from dynamonet.train.optim import LRSchedule, build_optimizer, scaled_lr
+
+
+def amp_dtype_for(cfg: Config, device: torch.device) -> torch.dtype | None:
+    """bf16 where the GPU supports it, fp16 otherwise (e.g. P100); nothing on CPU."""
+    if device.type != "cuda" or cfg.train.amp == "off":
+        return None
+    if cfg.train.amp == "bf16" or (cfg.train.amp == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def build_model_from_config(cfg: Config, num_classes: int) -> torch.nn.Module:
+    """The DynamoNet of ``cfg.model`` for clips of ``cfg.data.clip_len`` frames."""
+    m = cfg.model
+    return build_model(m.arch, mode=m.mode, num_classes=num_classes, clip_len=cfg.data.clip_len,
+                       kernel_size=m.kernel_size, dmr_dim=m.dmr_dim, ar_dim=m.ar_dim,
+                       head_channels=m.head_channels, dropout=m.dropout, shortcut=m.shortcut or None,
+                       widths=list(m.widths) or None)
+
+
+def _threads(cfg: Config, local_world: int) -> int:
+    if cfg.train.torch_threads > 0:
+        return cfg.train.torch_threads
+    return max(1, (os.cpu_count() or 1) // max(1, local_world))
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, float]:
+    """Train ``loop_config["config"]`` on this rank's shards; returns rank 0's last metrics."""
+    cfg = Config.from_dict(loop_config["config"])
+    num_classes, class_names = loop_config["num_classes"], loop_config["class_names"]
+    ctx = ray.train.get_context()  # RAY
+    rank = ctx.get_world_rank()
+    torch.set_num_threads(_threads(cfg, ctx.get_local_world_size()))
+    torch.manual_seed(cfg.train.seed + rank)
+    device = ray.train.torch.get_device()  # RAY
+    amp_dtype = amp_dtype_for(cfg, device)
+
+    model = build_model_from_config(cfg, num_classes)
+    if loop_config.get("init_state") is not None:
+        model.load_state_dict(ray.get(loop_config["init_state"]))  # RAY: weights put by the driver
+    if device.type == "cuda" and cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+    model = ray.train.torch.prepare_model(model)  # RAY: to(device) + DDP
+    global_batch = cfg.data.batch_size * ctx.get_world_size()
+    optimizer = build_optimizer(model, cfg.optim, global_batch)
+    steps = loop_config["steps_per_epoch"]
+    schedule = LRSchedule(optimizer, cfg.optim, scaled_lr(cfg.optim, global_batch), steps, cfg.train.epochs)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    start_epoch, metrics = 0, {}
+    checkpoint = ray.train.get_checkpoint()  # RAY: the latest one after a restart or a re-run
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location=device, weights_only=True)
+        model.module.load_state_dict(state["model"]) if hasattr(model, "module") else model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start_epoch, metrics = state["epoch"], state.get("metrics", {})
+        if rank == 0:
+            print(f"[train] resumed from checkpoint at epoch {start_epoch}", flush=True)
+
+    train_shard = ray.train.get_dataset_shard("train")  # RAY
+    val_shard = ray.train.get_dataset_shard("val") if cfg.data.val_split else None  # RAY
+    batch_kw = {"batch_size": cfg.data.batch_size, "device": device, "drop_last": False, "prefetch_batches": 2}
+    if start_epoch >= cfg.train.epochs:  # re-run of a finished run: report its final state once more
+        if val_shard is not None:
+            res = validate(model, val_shard.iter_torch_batches(**batch_kw), cfg, device, num_classes, amp_dtype)
+            metrics = {**metrics, **res.metrics}
+        metrics["epoch"] = start_epoch
+        ray.train.report(metrics)  # RAY
+        return metrics
+    for epoch in range(start_epoch, cfg.train.epochs):
+        progress = Progress("train", epoch, cfg.train.epochs, steps, cfg.train.log_every)
+        train_kw = dict(batch_kw, local_shuffle_buffer_size=cfg.data.shuffle_buffer or None)
+        metrics = train_one_epoch(model, train_shard.iter_torch_batches(**train_kw), optimizer, schedule,
+                                  scaler, cfg, device, progress, amp_dtype)
+        last = epoch + 1 == cfg.train.epochs
+        if val_shard is not None and (last or (epoch + 1) % cfg.train.eval_every == 0):
+            res = validate(model, val_shard.iter_torch_batches(**batch_kw), cfg, device, num_classes, amp_dtype)
+            metrics.update(res.metrics)
+            schedule.epoch_end(res.metrics.get("val/loss"))
+        metrics["epoch"] = epoch + 1
+        if rank == 0:
+            print("[train] " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()
+                                        if isinstance(v, float) and math.isfinite(v)), flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if rank == 0:  # DDP ranks hold identical weights: one copy is enough
+                save_checkpoint(tmp, model=model, optimizer=optimizer, schedule=schedule, scaler=scaler,
+                                epoch=epoch + 1, step=schedule.step_count, config=cfg.to_dict(),
+                                class_names=class_names, metrics=metrics)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)  # RAY
+            ray.train.report(metrics, checkpoint=ckpt,  # RAY: a barrier on every rank
+                             checkpoint_dir_name=f"checkpoint_epoch{epoch + 1:04d}")
+    return metrics
