@@ -1,0 +1,140 @@
+"""The DynamoNet network: backbone + dynamic motion filters + AR/DMR heads (paper §3, Fig. 2).
+
+    x (B,3,T,H,W) in [0,1] ──normalise──► 3D ResNet/ResNeXt/STC ──► feats (B,C4,T',H',W')
+      │                                                   │                        │
+      │                                FilterGenerator (motion branch)     AppearanceHead (AR)
+      │                                  filters F (B,T,s,s), softmax taps        │
+      └──────► apply_dynamic_filters(x, F) = pred ─┐           │ flatten → FC (DMR)  │
+                  pred[:, :, t] predicts frame t+1  │           └──── concat ◄───────┘
+                                                    │                  │ dropout → FC
+                                               frame prediction     logits (B, K)
+
+Modes (all parameters of a mode are used in its forward, so DDP runs with
+``find_unused_parameters=False``):
+
+* ``pretrain`` — backbone + motion branch + filtering (paper §3.3, §4.4); no AR/DMR/classifier.
+* ``joint`` — everything; trained with α·FP + β·CE (eq. 3).
+* ``no_fp`` — the same modules as ``joint``; the §4.5 ablation differs only in the loss
+  (training sets α = 0), so the prediction is still returned for monitoring.
+* ``backbone`` — the plain Hara 3D-CNN: global average pool → dropout → FC.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from ..config import MODES
+from .backbones import ResNet3D, stage_durations
+from .heads import AppearanceHead, Classifier, MotionRepresentation
+from .motion import FilterGenerator, apply_dynamic_filters
+
+__all__ = ["KINETICS_MEAN", "KINETICS_STD", "DynamoNet", "DynamoOutput"]
+
+# Kinetics RGB statistics of Hara et al.'s 3D-ResNets (110.64, 103.16, 96.29 and 38.76, 37.88, 40.03 / 255)
+KINETICS_MEAN = (0.4339, 0.4046, 0.3776)
+KINETICS_STD = (0.1520, 0.1486, 0.1570)
+
+
+class DynamoOutput(NamedTuple):
+    """What :class:`DynamoNet` returns; fields a mode does not produce are ``None``.
+
+    Attributes:
+        logits: ``(B, num_classes)`` class scores (not in ``pretrain``).
+        pred: ``(B, 3, T, H, W)`` predicted frames 2..T+1 in [0, 1] (not in ``backbone``).
+        filters: ``(B, T, s, s)`` dynamic filters, each summing to 1 (not in ``backbone``).
+    """
+
+    logits: torch.Tensor | None
+    pred: torch.Tensor | None
+    filters: torch.Tensor | None
+
+
+class DynamoNet(nn.Module):
+    """DynamoNet around a 3D-CNN trunk. Build it with :func:`dynamonet.models.build_model`.
+
+    Args:
+        backbone: trunk returning last-stage features.
+        mode: one of ``MODES``.
+        num_classes: classifier outputs (ignored in ``pretrain``).
+        clip_len: T, frames per clip (one filter per frame).
+        kernel_size: s, odd size of the dynamic filters.
+        dmr_dim: size of the DMR FC (paper: 512).
+        ar_dim: size of the AR FC.
+        head_channels: channels of the conv layers of the motion and AR branches (paper: 64).
+        dropout: dropout before the classifier.
+        arch: registry name, for reprs and checkpoints.
+    """
+
+    def __init__(self, backbone: ResNet3D, *, mode: str, num_classes: int, clip_len: int, kernel_size: int,
+                 dmr_dim: int, ar_dim: int, head_channels: int, dropout: float, arch: str = "") -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode: unknown mode {mode!r}; choose from {', '.join(MODES)}")
+        self.arch, self.mode, self.clip_len, self.kernel_size = arch, mode, clip_len, kernel_size
+        self.num_classes = 0 if mode == "pretrain" else num_classes
+        self.backbone = backbone
+        feat = backbone.out_channels
+        kt = 3 if stage_durations(clip_len)[-1] > 1 else 1  # no temporal taps on a single time step
+        if mode != "backbone":
+            self.motion = FilterGenerator(feat, clip_len, kernel_size, head_channels, kt)
+        if mode in ("joint", "no_fp"):
+            self.appearance = AppearanceHead(feat, ar_dim, head_channels, kt)
+            self.dmr = MotionRepresentation(clip_len, kernel_size, dmr_dim)
+            self.classifier = Classifier(ar_dim + dmr_dim, num_classes, dropout)
+        elif mode == "backbone":
+            self.classifier = Classifier(feat, num_classes, dropout)
+        self.register_buffer("mean", torch.tensor(KINETICS_MEAN).view(1, 3, 1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(KINETICS_STD).view(1, 3, 1, 1, 1), persistent=False)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 5 or x.shape[1] != 3:
+            raise ValueError(f"x: expected a (B, 3, T, H, W) clip, got shape {tuple(x.shape)}")
+        if self.mode != "backbone" and x.shape[2] != self.clip_len:
+            raise ValueError(f"x: the model was built for clip_len={self.clip_len} frames, got T={x.shape[2]}")
+
+    def forward(self, x: torch.Tensor) -> DynamoOutput:
+        """Run the network on ``x`` ``(B, 3, T, H, W)`` in [0, 1]; see :class:`DynamoOutput`."""
+        self._check_input(x)
+        feats = self.backbone((x - self.mean) / self.std)  # (B, C4, T', H', W')
+        if self.mode == "backbone":
+            return DynamoOutput(self.classifier(feats.mean(dim=(2, 3, 4))), None, None)
+        filters = self.motion(feats)  # (B, T, s, s)
+        pred = apply_dynamic_filters(x, filters)  # raw [0, 1] frames t → predictions of t+1
+        if self.mode == "pretrain":
+            return DynamoOutput(None, pred, filters)
+        rep = torch.cat([self.appearance(feats), self.dmr(filters)], dim=1)  # (B, ar_dim + dmr_dim)
+        return DynamoOutput(self.classifier(rep), pred, filters)
+
+    def extract_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clip-level ``(AR (B, ar_dim), DMR (B, dmr_dim))`` for video-level fusion (STFN).
+
+        Raises:
+            ValueError: in ``pretrain`` or ``backbone`` mode, which have no AR/DMR heads.
+        """
+        if self.mode not in ("joint", "no_fp"):
+            raise ValueError(f"mode: extract_features needs the AR/DMR heads (joint or no_fp), model is {self.mode!r}")
+        self._check_input(x)
+        feats = self.backbone((x - self.mean) / self.std)
+        return self.appearance(feats), self.dmr(self.motion(feats))
+
+    def head_parameter_names(self) -> list[str]:
+        """Names of the parameters whose shape depends on ``num_classes`` (empty in ``pretrain``)."""
+        if not hasattr(self, "classifier"):
+            return []
+        return [f"classifier.fc.{n}" for n, _ in self.classifier.fc.named_parameters()]
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the final linear layer by a freshly initialised one with ``num_classes`` outputs."""
+        if not hasattr(self, "classifier"):
+            raise ValueError(f"mode: a {self.mode!r} model has no classifier")
+        if num_classes < 1:
+            raise ValueError(f"num_classes: must be >= 1, got {num_classes}")
+        old = self.classifier.fc
+        self.classifier.fc = nn.Linear(old.in_features, num_classes, device=old.weight.device, dtype=old.weight.dtype)
+        self.num_classes = num_classes
+
+    def extra_repr(self) -> str:
+        return f"arch={self.arch!r}, mode={self.mode!r}, clip_len={self.clip_len}, kernel_size={self.kernel_size}"
