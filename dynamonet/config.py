@@ -100,10 +100,14 @@ class DataConfig:
     frame_stride: int = _f(1, "temporal stride between the frames of a clip")
     clips_per_video: int = _f(1, "K: random training windows per video per epoch")
     crop_size: int = _f(112, "spatial crop size (paper: 112)")
+    hflip: bool = _f(True, "random horizontal flip (p=0.5) of training clips (paper §4.3); never applied to datasets "
+                           "whose manifest declares direction-dependent labels (the synthetic motion set)")
     resize_short: int = _f(122, "short side to resize to when a video is not in the canonical format (paper: 122)")
     batch_size: int = _f(8, "clips per Train worker per step")
-    decode_actors: int = _f(2, "decoder actors (Ray Data actor pool size)")
-    decode_cpus: float = _f(1.0, "logical CPUs each decoder actor requests")
+    decode_actors: int = _f(2, "decoders running at once (size of the Ray Data task or actor pool)")
+    decode_cpus: float = _f(1.0, "logical CPUs each decoder requests")
+    decode_pool: str = _f("tasks", "tasks (warm worker processes, reused across epochs) | actors (an actor "
+                                   "pool, restarted every epoch: ~3 s of startup per epoch and split)")
     decode_resources: dict = _f({}, "extra Ray resources each decoder requests (node placement, e.g. {decode: 0.01})")
     max_eval_clips: int = _f(0, "cap on evaluation clips per video (0 = every non-overlapping clip)")
     shuffle_buffer: int = _f(0, "local shuffle buffer in clips for training batches (0 = off)")
@@ -123,6 +127,8 @@ class DataConfig:
         _check(self.batch_size >= 1, "data.batch_size", f"must be >= 1, got {self.batch_size}")
         _check(self.decode_actors >= 1, "data.decode_actors", f"must be >= 1, got {self.decode_actors}")
         _check(self.decode_cpus > 0, "data.decode_cpus", f"must be > 0, got {self.decode_cpus}")
+        _check(self.decode_pool in ("tasks", "actors"), "data.decode_pool",
+               f"must be tasks or actors, got {self.decode_pool!r}")
         _check(self.max_eval_clips >= 0, "data.max_eval_clips", f"must be >= 0, got {self.max_eval_clips}")
         _check(self.s3_max_attempts >= 1, "data.s3_max_attempts", f"must be >= 1, got {self.s3_max_attempts}")
 
@@ -223,11 +229,11 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Config":
+    def from_dict(cls, d: dict[str, Any]) -> Config:
         """Build and validate from a (possibly partial) nested dict; unknown keys are errors."""
         return _build(cls, d, prefix="")
 
-    def override(self, key: str, value: Any) -> "Config":
+    def override(self, key: str, value: Any) -> Config:
         """A copy with ``key`` ("optim.lr") set to ``value`` (strings are parsed as YAML)."""
         d = self.to_dict()
         set_by_path(d, key, value)

@@ -1,0 +1,66 @@
+"""Spatial augmentation of clips on uint8 frames (paper §4.3).
+
+Training: frames resized so the short side is 122 when the video is not in the canonical format,
+then one of 5 crops of 112 x 112 (4 corners + centre) chosen at random, flipped horizontally with
+p = 0.5. Evaluation: the centre crop. Everything works on ``uint8 (N, H, W, 3)`` arrays: a crop is
+a slice, the flip a negative-stride view, and the single copy is the write into the output batch
+(float conversion and normalisation happen later, on the training device).
+
+Crop positions (index → origin, for an H x W frame and crop S):
+
+    0 centre        ((H - S) // 2, (W - S) // 2)
+    1 top-left      (0, 0)
+    2 top-right     (0, W - S)
+    3 bottom-left   (H - S, 0)
+    4 bottom-right  (H - S, W - S)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CROP_POSITIONS = ("center", "top_left", "top_right", "bottom_left", "bottom_right")
+CENTER = 0
+
+
+def crop_origin(height: int, width: int, size: int, position: int) -> tuple[int, int]:
+    """Top-left ``(y, x)`` of crop ``position`` (see :data:`CROP_POSITIONS`) of ``size`` in a frame."""
+    if size > height or size > width:
+        raise ValueError(f"crop {size} larger than frame {height}x{width}")
+    ys = ((height - size) // 2, 0, 0, height - size, height - size)
+    xs = ((width - size) // 2, 0, width - size, 0, width - size)
+    return ys[position], xs[position]
+
+
+def crop_into(out: np.ndarray, frames: np.ndarray, position: int, flip: bool) -> None:
+    """Write crop ``position`` of ``frames`` ``(N, H, W, 3)``, optionally flipped left-right,
+    into ``out`` ``(N, S, S, 3)`` (one copy, no temporary)."""
+    size = out.shape[1]
+    y, x = crop_origin(frames.shape[1], frames.shape[2], size, position)
+    view = frames[:, y:y + size, x:x + size]
+    out[...] = view[:, :, ::-1] if flip else view
+
+
+def random_crop_params(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` random crop positions (uniform over the 5) and flips (p = 0.5)."""
+    return rng.integers(0, len(CROP_POSITIONS), size=n), rng.random(n) < 0.5
+
+
+def resized_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """(height, width) with the short side scaled to ``short_side`` (aspect ratio kept)."""
+    if height <= width:
+        return short_side, max(short_side, round(width * short_side / height))
+    return max(short_side, round(height * short_side / width)), short_side
+
+
+def decode_size(height: int, width: int, canonical_short_side: int, resize_short: int,
+                crop_size: int) -> tuple[int, int] | None:
+    """Size to ask the decoder for, or None to decode at the stored size.
+
+    A video in the canonical format (short side == the manifest's ``short_side``) is used as
+    stored if the crop fits; anything else is resized to short side ``resize_short`` (paper: 122).
+    """
+    short = min(height, width)
+    if short == canonical_short_side and short >= crop_size:
+        return None
+    return resized_size(height, width, resize_short)

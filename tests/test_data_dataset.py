@@ -1,0 +1,161 @@
+"""The Ray Data clip stream from S3 (moto on loopback): shapes, crops, the exactly-K epoch rule
+with 2 consumers, evaluation windows, corrupt rows, and one-line configuration errors (§4.3)."""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+import zlib
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from helpers import crop_center, frame_index, free_port, position_frames, write_video
+
+from dynamonet.config import DataConfig
+from dynamonet.data import STATUS_CORRUPT, STATUS_OK, STATUS_PADDING, build_clip_dataset, open_dataset
+from dynamonet.data.encode import TranscodeSettings
+from dynamonet.data.ingest import IngestOptions, run_ingest
+from dynamonet.data.sampling import num_eval_windows
+from dynamonet.data.shards import read_manifest, resolve_filesystem, write_bytes_atomic
+
+pytestmark = pytest.mark.ray
+TRAIN_FRAMES, VAL_FRAMES = [20, 24, 28, 32, 36], [17, 25, 40]
+
+
+@pytest.fixture(scope="module")
+def position_dataset(tmp_path_factory, s3_server, ray_local):
+    """5 train + 3 val videos whose pixels encode (x, y, t), ingested to S3 at 64x80."""
+    raw = tmp_path_factory.mktemp("raw")
+    for split, lengths in (("train", TRAIN_FRAMES), ("val", VAL_FRAMES)):
+        for i, n in enumerate(lengths):
+            write_video(os.path.join(raw, split, f"c{i % 2}", f"v{i}.mp4"), position_frames(n, 64, 80), crf=0)
+    out = s3_server.make_bucket("clips") + "/shards"
+    run_ingest(IngestOptions(source="folder", input=str(raw), output=out, videos_per_shard=2,
+                             transcode=TranscodeSettings(short_side=64, gop=8, crf=0)), executor="ray", progress=False)
+    return out
+
+
+def config(root, **kw):
+    base = dict(root=root, clip_len=4, frame_stride=2, clips_per_video=3, crop_size=32, resize_short=40,
+                decode_actors=2, decode_cpus=0.5, batch_size=4)
+    return DataConfig(**{**base, **kw})
+
+
+def consume_split(ds, n, epochs):
+    """Iterate streaming_split(n, equal=True) with n concurrent consumers for `epochs` epochs."""
+    splits = ds.streaming_split(n, equal=True)
+    got = [[[] for _ in range(n)] for _ in range(epochs)]
+
+    def run(i):
+        for e in range(epochs):
+            for b in splits[i].iter_batches(batch_size=4, batch_format="numpy"):
+                got[e][i].append(b)
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=240)
+    assert not any(t.is_alive() for t in threads), "a consumer hung"
+    return got
+
+
+def test_training_epochs_two_consumers_exactly_k(position_dataset):
+    cfg = config(position_dataset)
+    ds, info = build_clip_dataset(cfg, "train", training=True, num_consumers=2, seed=3)
+    assert (info.num_videos, info.num_clips, info.num_padding, info.clip_shape) == (5, 15, 1, (5, 32, 32, 3))
+    epochs = consume_split(ds, 2, epochs=2)
+    starts = []
+    for batches in epochs:
+        per_consumer = [sum(len(b["clip"]) for b in bs) for bs in batches]
+        assert per_consumer == [8, 8] and [len(bs) for bs in batches] == [2, 2]   # same rows and batches
+        rows = [b for bs in batches for b in bs]
+        status = np.concatenate([b["status"] for b in rows])
+        keys = [(v, k) for b in rows for v, k, s in zip(b["video_index"], b["clip_index"], b["status"], strict=True)
+                if s == STATUS_OK]
+        assert sorted(keys) == [(v, k) for v in range(5) for k in range(3)]     # every video exactly K times
+        assert list(status).count(STATUS_PADDING) == 1
+        for b in rows:
+            assert b["clip"].dtype == np.uint8 and b["clip"].shape[1:] == (5, 32, 32, 3)
+            assert b["label"].dtype == np.int64 and b["clip_index"].dtype == np.int32
+            for clip, s, start in zip(b["clip"], b["status"], b["start"], strict=True):
+                if s == STATUS_OK:
+                    assert list(frame_index(clip)) == [start + 2 * i for i in range(5)]
+        starts.append(sorted((v, k, st) for b in rows for v, k, st in zip(b["video_index"], b["clip_index"],
+                                                                          b["start"], strict=True)))
+    assert starts[0] != starts[1]                                               # new windows every epoch
+
+
+def test_eval_windows_cover_every_video_with_centre_crops(position_dataset):
+    cfg = config(position_dataset)
+    ds, info = build_clip_dataset(cfg, "val", training=False)
+    assert info.num_clips == sum(num_eval_windows(n, 4, 2) for n in VAL_FRAMES) == 9 and info.num_padding == 0
+    names = sorted(f"val/c{i % 2}/v{i}" for i in range(3))
+    by_video = collections.defaultdict(list)
+    for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for clip, vid, k, start in zip(b["clip"], b["video_id"], b["clip_index"], b["start"], strict=True):
+            by_video[vid].append((k, start, list(frame_index(clip)), crop_center(clip)))
+    assert sorted(by_video) == names
+    for vid, windows in by_video.items():
+        n = VAL_FRAMES[int(vid[-1])]
+        windows.sort()
+        assert [w[0] for w in windows] == list(range(num_eval_windows(n, 4, 2)))
+        assert [w[2] for w in windows] == [[8 * k + 2 * i for i in range(5)] for k in range(len(windows))]
+        assert n - 1 - windows[-1][2][-1] < 8                                   # tiled to the end
+        assert all(abs(c[0] - 31.5) < 1.5 and abs(c[1] - 39.5) < 1.5 and not c[2] for *_, c in windows)
+
+
+def test_a_corrupt_row_is_skipped_and_counted(position_dataset, s3_server):
+    m = read_manifest(position_dataset)
+    out = s3_server.make_bucket("corrupt") + "/shards"
+    for info in m.splits.values():
+        for rel in info.shards:
+            fs, path = resolve_filesystem(f"{position_dataset}/{rel}")
+            table = pq.read_table(path, filesystem=fs)
+            if rel == m.splits["train"].shards[0]:
+                videos = table.column("video").to_pylist()
+                videos[0] = videos[0][:100] + bytes(len(videos[0]) - 100)      # zeroed tail, stale crc32
+                table = table.set_column(table.schema.get_field_index("video"), "video",
+                                         pa.array(videos, type=pa.binary()))
+                corrupt_id = table.column("video_id")[0].as_py()
+            sink = pa.BufferOutputStream()
+            pq.write_table(table, sink)
+            write_bytes_atomic(f"{out}/{rel}", sink.getvalue().to_pybytes())
+    write_bytes_atomic(f"{out}/manifest.json", m.to_json().encode())
+    ds, info = build_clip_dataset(config(out), "train", training=True, num_consumers=1, seed=0)
+    rows = [r for b in ds.iter_batches(batch_size=None, batch_format="numpy")
+            for r in zip(b["video_id"], b["status"], b["clip"].reshape(len(b["clip"]), -1).max(1), strict=True)]
+    assert len(rows) == info.num_clips == 15
+    bad = [r for r in rows if r[1] == STATUS_CORRUPT]
+    assert len(bad) == 3 and {r[0] for r in bad} == {corrupt_id} and all(r[2] == 0 for r in bad)
+
+
+def test_configuration_errors_are_one_line_naming_the_field(position_dataset, tmp_path):
+    def error(cfg, **kw):
+        with pytest.raises(ValueError) as e:
+            m = open_dataset(cfg)
+            build_clip_dataset(cfg, kw.get("split", cfg.train_split), training=True, manifest=m)
+        assert "\n" not in str(e.value)
+        return str(e.value)
+
+    assert error(config(str(tmp_path / "nope"))).startswith("data.root: directory")
+    empty = position_dataset.rsplit("/", 1)[0] + "/elsewhere"
+    assert error(config(empty)).startswith(f"data.root: no manifest.json at {empty}/manifest.json")
+    t0 = time.monotonic()
+    msg = error(config(position_dataset, s3_endpoint=f"127.0.0.1:{free_port()}"))
+    assert msg.startswith("data.s3_endpoint: cannot reach the S3 endpoint http://127.0.0.1:")
+    assert time.monotonic() - t0 < 8                                             # no long retry policy here
+    assert error(config(position_dataset, clip_len=24)).startswith("data.clip_len: a clip spans 49 frames")
+    assert error(config(position_dataset, val_split="test")).startswith("data.val_split: split 'test'")
+
+
+def test_crc_guard_matches_ingest(position_dataset):
+    m = read_manifest(position_dataset)
+    fs, path = resolve_filesystem(m.shard_uris("val")[0])
+    t = pq.read_table(path, filesystem=fs, columns=["video", "crc32"])
+    assert all(zlib.crc32(v) == c for v, c in zip(t.column("video").to_pylist(), t.column("crc32").to_pylist(),
+                                                  strict=True))
