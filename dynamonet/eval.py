@@ -82,7 +82,7 @@ def evaluate_checkpoint(checkpoint: str, *, split: str = "", overrides: list[str
                            "metrics": {k: v for k, v in res.metrics.items() if not _nan(v)}}
     if res.confusion is not None:
         acc = per_class_accuracy(res.confusion)
-        out["per_class_top1"] = {c: (None if _nan(a) else float(a)) for c, a in zip(class_names, acc.tolist())}
+        out["per_class_top1"] = {c: (None if _nan(a) else float(a)) for c, a in zip(class_names, acc.tolist(), strict=True)}
     if out_dir:
         write_reports(out, res.confusion, class_names, out_dir)
     return out
@@ -111,7 +111,7 @@ def write_reports(result: dict[str, Any], confusion: torch.Tensor | None, class_
         return
     with open(os.path.join(out_dir, "per_class.csv"), "w") as fh:
         fh.write("class,videos,top1\n")
-        for name, row, acc in zip(class_names, confusion.tolist(), per_class_accuracy(confusion).tolist()):
+        for name, row, acc in zip(class_names, confusion.tolist(), per_class_accuracy(confusion).tolist(), strict=True):
             fh.write(f"{name},{sum(row)},{'' if math.isnan(acc) else f'{acc:.4f}'}\n")
     plot_confusion(confusion, class_names, os.path.join(out_dir, "confusion_matrix.png"))
 

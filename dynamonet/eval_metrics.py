@@ -81,14 +81,14 @@ class VideoScores:
 
     def add(self, video_index: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor) -> None:
         """Add (B,) video ids, (B, K) probabilities and (B,) labels (valid clips only)."""
-        for v, p, y in zip(video_index.tolist(), probs.detach().float().cpu(), labels.tolist()):
+        for v, p, y in zip(video_index.tolist(), probs.detach().float().cpu(), labels.tolist(), strict=True):
             if v in self.sums:
                 self.sums[v] += p
                 self.counts[v] += 1
             else:
                 self.sums[v], self.counts[v], self.labels[v] = p.clone(), 1, int(y)
 
-    def merge(self, other: "VideoScores") -> None:
+    def merge(self, other: VideoScores) -> None:
         for v, s in other.sums.items():
             if v in self.sums:
                 self.sums[v] += s
@@ -103,7 +103,7 @@ class VideoScores:
                 "counts": [self.counts[i] for i in ids], "labels": [self.labels[i] for i in ids]}
 
     @classmethod
-    def from_state(cls, num_classes: int, state: dict) -> "VideoScores":
+    def from_state(cls, num_classes: int, state: dict) -> VideoScores:
         vs = cls(num_classes)
         for i, v in enumerate(state["ids"]):
             vs.sums[v], vs.counts[v], vs.labels[v] = state["sums"][i], state["counts"][i], state["labels"][i]

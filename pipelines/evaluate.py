@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a job working dir
 
-from dynamonet.cli import fail  # noqa: E402
+from dynamonet.cli import fail
 
 
 def main(argv=None) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a job working dir
 
-from dynamonet.train.cli import train_main  # noqa: E402
+from dynamonet.train.cli import train_main
 
 if __name__ == "__main__":
     sys.exit(train_main(sys.argv[1:], description=__doc__.split("\n")[0], default_recipe="embedded_pretrain",

@@ -60,6 +60,17 @@ def test_no_flips_when_disabled(row):
         assert not any(crop_center(clip)[2] for clip in out["clip"])
 
 
+def test_flipped_clips_take_the_mirror_class_label(row):
+    # a left-right flip turns "move right" (class 3 here) into "move left" (class 1)
+    mirror = [0, 3, 2, 1]
+    labels = {False: set(), True: set()}
+    for epoch in range(8):
+        out = decoder(True, epoch=epoch, hflip_label_map=mirror)(batch_of(row))
+        for clip, label in zip(out["clip"], out["label"], strict=True):
+            labels[bool(crop_center(clip)[2])].add(int(label))
+    assert labels == {False: {3}, True: {1}}
+
+
 def test_draws_depend_on_seed_epoch_and_video_only(row):
     a = decoder(True, epoch=3)(batch_of(row))
     b = decoder(True, epoch=3)(batch_of(make_row(video_index=8), row))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dynamonet.config import SyntheticConfig
-from dynamonet.data.synthetic import MOTIONS, class_names, ensure_synthetic_dataset, render_video
+from dynamonet.data.synthetic import MOTIONS, class_names, ensure_synthetic_dataset, mirror_label_map, render_video
 
 DIRS = {"right": (1, 0), "left": (-1, 0), "up": (0, -1), "down": (0, 1), "up_right": (1, -1), "up_left": (-1, -1),
         "down_left": (-1, 1), "down_right": (1, 1)}
@@ -80,6 +80,15 @@ def test_one_frame_does_not_tell_the_class():
     assert (pred == y[test]).mean() < 0.25                          # chance = 0.077
 
 
+def test_mirror_label_map_swaps_left_right_and_rotation_sense():
+    names = sorted(MOTIONS)
+    mapping = mirror_label_map(names)
+    mirrored = {a: names[b] for a, b in zip(names, mapping, strict=True)}
+    assert mirrored["translate_up_left"] == "translate_up_right" and mirrored["rotate_cw"] == "rotate_ccw"
+    assert mirrored["translate_up"] == "translate_up" and mirrored["zoom_in"] == "zoom_in"
+    assert mirror_label_map(["translate_right", "translate_up"]) is None  # no mirror class: no flips
+
+
 def test_ensure_synthetic_dataset_is_cached_by_config(tmp_path):
     cfg = SyntheticConfig(num_classes=3, train_per_class=2, val_per_class=1, num_frames=12, size=32)
     root = ensure_synthetic_dataset(cfg, str(tmp_path))
@@ -87,6 +96,8 @@ def test_ensure_synthetic_dataset_is_cached_by_config(tmp_path):
     assert manifest["counts"]["per_split"] == {"train": 6, "val": 3}
     assert manifest["transcode"]["short_side"] == 32 and manifest["splits"]["train"]["max_frames"] == 12
     assert manifest["labels_hflip_invariant"] is False          # a flip would swap left/right, cw/ccw
+    names = manifest["class_names"]
+    assert [names[i] for i in manifest["hflip_label_map"]] == ["translate_right", "translate_left", "translate_up"]
     t0 = time.perf_counter()
     assert ensure_synthetic_dataset(cfg, str(tmp_path)) == root and time.perf_counter() - t0 < 0.5
     other = ensure_synthetic_dataset(SyntheticConfig(**{**cfg.__dict__, "seed": 1}), str(tmp_path))

@@ -3,7 +3,7 @@
 A checkpoint directory holds ``checkpoint.pt``, a dict of tensors and plain values only:
 ``model`` (state dict, no DDP prefix), ``optimizer``, ``schedule``, ``scaler``, ``epoch``
 (completed epochs), ``step``, ``config`` (the resolved config dict), ``class_names`` and
-``metrics``. No pickled Python objects, so loading a checkpoint from someone else can not run code.
+``metrics`` and ``transcode`` (the dataset's canonical video format). No pickled Python objects, so loading a checkpoint from someone else can not run code.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def save_checkpoint(directory: str, *, model: nn.Module, optimizer: torch.optim.Optimizer | None,
                     schedule: Any, scaler: Any, epoch: int, step: int, config: dict[str, Any],
-                    class_names: list[str], metrics: dict[str, float]) -> str:
+                    class_names: list[str], metrics: dict[str, float], transcode: dict | None = None) -> str:
     """Write ``checkpoint.pt`` into a local ``directory`` and return its path."""
     os.makedirs(directory, exist_ok=True)
     state = {
@@ -44,6 +44,7 @@ def save_checkpoint(directory: str, *, model: nn.Module, optimizer: torch.optim.
         "config": config,
         "class_names": list(class_names),
         "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
+        "transcode": dict(transcode or {}),  # the dataset's canonical video format
     }
     path = os.path.join(directory, CHECKPOINT_FILE)
     torch.save(state, path)

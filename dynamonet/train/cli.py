@@ -9,7 +9,7 @@ traceback.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from dynamonet.cli import build_parser, fail, parse_config
 

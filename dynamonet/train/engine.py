@@ -17,9 +17,10 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -56,6 +57,13 @@ def prepare_batch(batch: dict[str, torch.Tensor], device: torch.device, channels
     return Batch(x=x, target=target, labels=batch["label"].to(device).long(),
                  weight=(status == STATUS_OK).float(), status=status,
                  video_index=batch["video_index"].to(device).long())
+
+
+def emit(line: str) -> None:
+    """One output line. Ray Train V2 patches ``print`` to tee into its logger (printing twice), so
+    progress goes straight to the stream."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def _world() -> tuple[int, int]:
@@ -96,9 +104,9 @@ class Progress:
         per_step = elapsed / max(step, 1)
         remaining = (self.steps_per_epoch - step) + (self.epochs - self.epoch - 1) * self.steps_per_epoch
         eta = time.strftime("%H:%M:%S", time.gmtime(max(0.0, remaining * per_step)))
-        print(f"[{self.prefix}] epoch {self.epoch + 1}/{self.epochs} step {step}/{self.steps_per_epoch} "
-              f"{extra} {clips / max(elapsed, 1e-9):.1f} clips/s data-wait {100 * data_wait / max(elapsed, 1e-9):.0f}% "
-              f"eta {eta}", flush=True, file=sys.stdout)
+        emit(f"[{self.prefix}] epoch {self.epoch + 1}/{self.epochs} step {step}/{self.steps_per_epoch} "
+             f"{extra} {clips / max(elapsed, 1e-9):.1f} clips/s data-wait {100 * data_wait / max(elapsed, 1e-9):.0f}% "
+             f"eta {eta}")
 
 
 def train_one_epoch(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], optimizer: torch.optim.Optimizer,
@@ -138,7 +146,7 @@ def train_one_epoch(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]
             correct = float((topk_correct(out.logits.detach(), b.labels, 1).float() * b.weight).sum())
         vals = [terms.total.item() * n, terms.fp.item() * n, terms.ce.item() * n, n, correct,
                 float((b.status == STATUS_CORRUPT).sum()), float(len(b.labels))]
-        sums = [s + v for s, v in zip(sums, vals)]
+        sums = [s + v for s, v in zip(sums, vals, strict=True)]
         progress.line(steps, sums[6], data_wait,
                       f"loss {terms.total.item():.4f} (fp {terms.fp.item():.5f} ce {terms.ce.item():.4f}) "
                       f"lr {optimizer.param_groups[0]['lr']:.4g}")
@@ -196,7 +204,7 @@ def validate(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], cfg: 
             vals[6], vals[7] = float(ssim(pred, tgt).sum()), float(psnr(pred, tgt).sum())
             vals[8], vals[9] = float(ssim(last, tgt).sum()), float(psnr(last, tgt).sum())
             vals[10] = float(len(tgt))
-        sums = [s + v for s, v in zip(sums, vals)]
+        sums = [s + v for s, v in zip(sums, vals, strict=True)]
     tot = all_reduce_sum(sums, device)
     n, nf = max(tot[3], 1.0), max(tot[10], 1.0)
     m = {f"{prefix}/loss": tot[0] / n, f"{prefix}/loss_fp": tot[1] / n, f"{prefix}/loss_ce": tot[2] / n,

@@ -46,6 +46,7 @@ class RunSpec:
     datasets: dict[str, Any] = field(default_factory=dict)
     init_state: Any = None
     resumed_epoch: int = 0
+    transcode: dict = field(default_factory=dict)  # the manifest's canonical format (predict.py needs it)
 
 
 def effective_data(cfg: Config) -> DataConfig:
@@ -74,7 +75,8 @@ def init_ray(cfg: Config) -> None:
         ray.init(address=address, log_to_driver=True)
     else:
         cpus = cfg.run.local_cpus or 4 * (os.cpu_count() or 1)
-        ray.init(num_cpus=cpus, include_dashboard=True, log_to_driver=True)
+        # address="local": a bare ray.init() would attach to any `ray start` cluster on this machine.
+        ray.init(address="local", num_cpus=cpus, include_dashboard=True, log_to_driver=True)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # one progress line per step comes from rank 0 instead
     ctx.print_on_execution_start = False
@@ -119,25 +121,24 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 def prepare_run(cfg: Config, *, build_datasets: bool = True) -> RunSpec:
     """Validate everything on the driver, start Ray, build the datasets; no worker starts here."""
-    from dynamonet.train.worker import build_model_from_config
-
-    build_model_from_config(cfg, max(cfg.model.num_classes, 2))  # unknown arch etc. fail here
+    check_model(cfg)
+    cfg, storage_path, run_uri = resolve_run(cfg)  # name and resume rules: before Ray starts too
     if cfg.data.root:  # a real dataset: check it before Ray starts
         data = cfg.data
-        manifest = _open(data)
+        manifest = _open(data, cfg)
         init_ray(cfg)
     else:  # the embedded default: generating it uses Ray tasks
         init_ray(cfg)
         data = effective_data(cfg)
-        manifest = _open(data)
+        manifest = _open(data, cfg)
     class_names = list(manifest.class_names)
     num_classes = cfg.model.num_classes or len(class_names)
     if cfg.model.mode != "pretrain" and num_classes < 2:
         raise ValueError(f"model.num_classes: the dataset at {data.root} has {len(class_names)} classes; "
                          "set model.num_classes or use mode=pretrain for unlabeled data")
-    cfg, storage_path, run_uri = resolve_run(cfg)
     spec = RunSpec(cfg=cfg, name=cfg.run.name, storage_path=storage_path, run_uri=run_uri, data=data,
-                   class_names=class_names, num_classes=num_classes, steps_per_epoch=1)
+                   class_names=class_names, num_classes=num_classes, steps_per_epoch=1,
+                   transcode=dict(manifest.transcode))
     fs, run_path = storage.open_fs(run_uri, cfg.data.s3_endpoint)
     spec.resumed_epoch = max((e for e, _ in storage.list_checkpoints(fs, run_path)), default=0)
     if cfg.run.init_from and spec.resumed_epoch == 0:
@@ -147,10 +148,35 @@ def prepare_run(cfg: Config, *, build_datasets: bool = True) -> RunSpec:
     return spec
 
 
-def _open(data: DataConfig) -> Any:
-    from dynamonet.data import open_dataset
+# build_model's argument names → the config keys users set
+_MODEL_KEYS = {"name": "model.arch", "mode": "model.mode", "kernel_size": "model.kernel_size",
+               "clip_len": "data.clip_len", "num_classes": "model.num_classes", "widths": "model.widths",
+               "shortcut": "model.shortcut"}
 
-    return open_dataset(data)
+
+def check_model(cfg: Config) -> None:
+    """Build the model once on the driver (on the meta device: no memory) so bad settings fail here."""
+    import torch
+
+    from dynamonet.train.worker import build_model_from_config
+
+    try:
+        with torch.device("meta"):
+            build_model_from_config(cfg, max(cfg.model.num_classes, 2))
+    except ValueError as e:
+        arg, _, msg = str(e).partition(": ")
+        raise ValueError(f"{_MODEL_KEYS.get(arg, 'model.' + arg)}: {msg}" if msg else f"model: {e}") from None
+
+
+def _open(data: DataConfig, cfg: Config) -> Any:
+    """Open and check the dataset and the splits this run reads (no Ray needed)."""
+    from dynamonet.data import check_split, open_dataset
+
+    manifest = open_dataset(data)
+    check_split(data, manifest, cfg.data.train_split, key="data.train_split")
+    if cfg.data.val_split:
+        check_split(data, manifest, cfg.data.val_split, key="data.val_split")
+    return manifest
 
 
 def _init_state(cfg: Config, num_classes: int) -> Any:
@@ -164,8 +190,24 @@ def _init_state(cfg: Config, num_classes: int) -> Any:
     state = load_checkpoint(cfg.run.init_from, cfg.data.s3_endpoint)
     model = build_model_from_config(cfg, num_classes)
     report = load_matching_weights(model, state["model"])
-    print(f"[init] from {cfg.run.init_from}: {report.summary()}", flush=True)
+    print(f"[init] from {cfg.run.init_from}: {_by_module(report)}", flush=True)
     return ray.put(model.state_dict())
+
+
+def _by_module(report: Any) -> str:
+    """One line: loaded / freshly initialised tensors counted per top-level module."""
+
+    def count(names: list[str]) -> str:
+        groups: dict[str, int] = {}
+        for n in names:
+            groups[n.split(".")[0]] = groups.get(n.split(".")[0], 0) + 1
+        return ", ".join(f"{k} {v}" for k, v in sorted(groups.items())) or "none"
+
+    fresh = list(report.missing) + [n for n, *_ in report.shape_mismatch]
+    line = f"loaded {len(report.loaded)} tensors ({count(report.loaded)}); initialised fresh: {count(fresh)}"
+    if report.unexpected:
+        line += f"; unused from the checkpoint: {count(list(report.unexpected))}"
+    return line
 
 
 def _build_datasets(spec: RunSpec, manifest: Any) -> None:
@@ -213,7 +255,8 @@ def build_trainer(spec: RunSpec, callbacks: list | None = None, name: str | None
     if storage.is_remote(storage_path):
         storage_fs, storage_path = storage.open_fs(storage_path, cfg.data.s3_endpoint)
     loop_config = {"config": cfg.to_dict(), "num_classes": spec.num_classes, "class_names": spec.class_names,
-                   "steps_per_epoch": spec.steps_per_epoch, "init_state": spec.init_state}
+                   "steps_per_epoch": spec.steps_per_epoch, "init_state": spec.init_state,
+                   "transcode": spec.transcode}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -222,6 +265,7 @@ def build_trainer(spec: RunSpec, callbacks: list | None = None, name: str | None
         run_config=ray.train.RunConfig(
             name=name or spec.name, storage_path=storage_path, storage_filesystem=storage_fs,
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            logging_config=ray.train.LoggingConfig(log_level=os.environ.get("DYNAMONET_TRAIN_LOG_LEVEL", "WARNING")),
             callbacks=[TensorBoardCallback(tensorboard_dir(spec)), *(callbacks or [])]),
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
         datasets=spec.datasets,

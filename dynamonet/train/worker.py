@@ -25,7 +25,7 @@ import torch
 from dynamonet.config import Config
 from dynamonet.models import build_model
 from dynamonet.train.checkpoint import CHECKPOINT_FILE, save_checkpoint
-from dynamonet.train.engine import Progress, train_one_epoch, validate
+from dynamonet.train.engine import Progress, emit, train_one_epoch, validate
 from dynamonet.train.optim import LRSchedule, build_optimizer, scaled_lr
 
 
@@ -88,7 +88,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, float]:
             scaler.load_state_dict(state["scaler"])
         start_epoch, metrics = state["epoch"], state.get("metrics", {})
         if rank == 0:
-            print(f"[train] resumed from checkpoint at epoch {start_epoch}", flush=True)
+            emit(f"[train] resumed from checkpoint at epoch {start_epoch}")
 
     train_shard = ray.train.get_dataset_shard("train")  # RAY
     val_shard = ray.train.get_dataset_shard("val") if cfg.data.val_split else None  # RAY
@@ -112,14 +112,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, float]:
             schedule.epoch_end(res.metrics.get("val/loss"))
         metrics["epoch"] = epoch + 1
         if rank == 0:
-            print("[train] " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()
-                                        if isinstance(v, float) and math.isfinite(v)), flush=True)
+            emit("[train] " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()
+                                       if isinstance(v, float) and math.isfinite(v)))
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:  # DDP ranks hold identical weights: one copy is enough
                 save_checkpoint(tmp, model=model, optimizer=optimizer, schedule=schedule, scaler=scaler,
                                 epoch=epoch + 1, step=schedule.step_count, config=cfg.to_dict(),
-                                class_names=class_names, metrics=metrics)
+                                class_names=class_names, metrics=metrics,
+                                transcode=loop_config.get("transcode"))
                 ckpt = ray.train.Checkpoint.from_directory(tmp)  # RAY
             ray.train.report(metrics, checkpoint=ckpt,  # RAY: a barrier on every rank
                              checkpoint_dir_name=f"checkpoint_epoch{epoch + 1:04d}")

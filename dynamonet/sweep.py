@@ -1,0 +1,279 @@
+"""Ray Tune sweeps over the paper's design choices: α/β (§3.2, eq. 3), the dynamic filter size
+(§3.1: "3–7 tested, 5 best, others 2–3 points worse") and the clip length (§3: 16/32/64).
+
+    tune/spaces/*.yaml ──► SweepSpace (validated: every value builds a valid Config)
+        ──► Tuner(function trainable, ASHA on val/top1) ──► each trial: prepare_run + a TorchTrainer
+            named <sweep>-<trial_id> (the same code as train_joint.py) reporting through
+            TuneReportCallback
+        ──► <storage>/<sweep>/: results.csv (sorted), best_config.yaml (a train_joint.py recipe),
+            plot_<param>.png; every trial's TensorBoard events under <storage>/<sweep>-<trial>/
+
+A space file::
+
+    name: default                  # sweep name (the directory under run.storage_path)
+    recipe: embedded               # base recipe of every trial
+    metric: val/top1               # what ASHA and the table rank by
+    mode: max
+    num_samples: 1                 # repeats of the grid (random params are re-drawn per sample)
+    max_concurrent: 2
+    scheduler: {type: asha, grace_period: 2, reduction_factor: 2}   # or {type: none}
+    set: {train.epochs: 4}         # fixed overrides for every trial
+    params:                        # grid | choice | uniform | loguniform | randint
+      model.kernel_size: {grid: [3, 5, 7]}
+      loss.alpha: {grid: [0.0, 0.1]}
+      optim.lr: {loguniform: [0.01, 0.2]}
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from dynamonet.cli import recipe_path
+from dynamonet.config import Config, load_config
+
+DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
+SPACE_KEYS = {"name", "recipe", "metric", "mode", "num_samples", "max_concurrent", "scheduler", "set", "params",
+              "description"}
+
+
+@dataclass
+class SweepSpace:
+    name: str
+    recipe: str
+    metric: str = "val/top1"
+    mode: str = "max"
+    num_samples: int = 1
+    max_concurrent: int = 2
+    scheduler: dict = field(default_factory=lambda: {"type": "asha", "grace_period": 2, "reduction_factor": 2})
+    set: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
+    description: str = ""
+
+    def num_trials(self) -> int:
+        grid = math.prod(len(spec["grid"]) for spec in self.params.values() if "grid" in spec)
+        return grid * self.num_samples
+
+
+def load_space(path: str, overrides: list[str] | None = None) -> tuple[SweepSpace, Config]:
+    """Read and validate a space file; returns it and the base Config of every trial.
+
+    Every problem raises one ``ValueError`` naming the file and the parameter, before any trial.
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh) or {}
+    except FileNotFoundError:
+        raise ValueError(f"--space: no such file: {path}") from None
+    unknown = sorted(set(raw) - SPACE_KEYS)
+    if unknown:
+        raise ValueError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(SPACE_KEYS))})")
+    space = SweepSpace(**{"name": os.path.splitext(os.path.basename(path))[0], "recipe": "embedded", **raw})
+    if space.mode not in ("max", "min"):
+        raise ValueError(f"{path}: mode must be max or min, got {space.mode!r}")
+    if not space.params:
+        raise ValueError(f"{path}: params is empty: nothing to sweep")
+    fixed = [f"{k}={_yaml(v)}" for k, v in space.set.items()] + list(overrides or [])
+    try:
+        base = load_config(recipe_path(space.recipe), fixed)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    for key, spec in space.params.items():
+        _check_param(path, base, key, spec)
+    return space, base
+
+
+def _yaml(v: Any) -> str:
+    return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _check_param(path: str, base: Config, key: str, spec: Any) -> None:
+    where = f"{path}: params.{key}"
+    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
+        raise ValueError(f"{where}: expected one of {{{', '.join(DISTRIBUTIONS)}: ...}}, got {spec!r}")
+    kind, values = next(iter(spec.items()))
+    if not isinstance(values, list) or not values:
+        raise ValueError(f"{where}: {kind} needs a non-empty list, got {values!r}")
+    if kind in ("uniform", "loguniform", "randint"):
+        if len(values) != 2 or not values[0] < values[1]:
+            raise ValueError(f"{where}: {kind} needs [low, high] with low < high, got {values!r}")
+        if kind == "loguniform" and values[0] <= 0:
+            raise ValueError(f"{where}: loguniform needs low > 0, got {values[0]}")
+        probe = values if kind != "randint" else [values[0], values[1] - 1]
+    else:
+        probe = values
+    for v in probe:
+        try:
+            base.override(key, v if isinstance(v, str) else _yaml(v))
+        except ValueError as e:
+            raise ValueError(f"{where}: value {v!r} is invalid: {e}") from None
+
+
+def tune_param_space(space: SweepSpace, base: Config) -> dict[str, Any]:
+    """The Tuner's ``param_space``: the base config (constant) and one entry per swept key."""
+    from ray import tune
+
+    makers = {"grid": tune.grid_search, "choice": tune.choice,
+              "uniform": lambda v: tune.uniform(*v), "loguniform": lambda v: tune.loguniform(*v),
+              "randint": lambda v: tune.randint(*v)}
+    params = {k: makers[kind](values) for k, spec in space.params.items() for kind, values in spec.items()}
+    return {"sweep": space.name, "base": base.to_dict(), "params": params}
+
+
+def trial_config(config: dict[str, Any], trial_id: str) -> Config:
+    """The Config of one trial: the base with the sampled params and a trial-specific run name."""
+    cfg = Config.from_dict(copy.deepcopy(config["base"]))
+    for key, value in config["params"].items():
+        cfg = cfg.override(key, value if isinstance(value, str) else _yaml(value))
+    return cfg.override("run.name", f"{config['sweep']}-{trial_id}")
+
+
+def train_trial(config: dict[str, Any]) -> None:
+    """Tune function trainable: one real training run (a TorchTrainer), as train_joint.py does."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from dynamonet.train.ray_train import build_trainer, prepare_run
+
+    cfg = trial_config(config, tune.get_context().get_trial_id())
+    spec = prepare_run(cfg)
+    result = build_trainer(spec, callbacks=[TuneReportCallback()]).fit()
+    if result.error is not None:
+        raise result.error
+
+
+def best_recipe(space: SweepSpace, base: Config, params: dict[str, Any]) -> dict[str, Any]:
+    """A recipe for ``train_joint.py --config`` with the best trial's values (a fresh run name)."""
+    cfg = base
+    for key, value in params.items():
+        cfg = cfg.override(key, value if isinstance(value, str) else _yaml(value))
+    cfg = cfg.override("recipe", f"{space.name}-best").override("run.name", "").override("run.resume", "false")
+    return cfg.to_dict()
+
+
+def run_sweep(space: SweepSpace, base: Config, *, resume: bool = False, force: bool = False,
+              grace_period: int | None = None) -> dict[str, Any]:
+    """Run (or continue) a sweep; write results.csv, best_config.yaml and the plots. Returns a summary."""
+    import ray
+    from ray import tune
+
+    from dynamonet import storage
+    from dynamonet.train.ray_train import init_ray
+
+    init_ray(base)
+    fs, root = storage.open_fs(base.run.storage_path, base.data.s3_endpoint)
+    sweep_uri = base.run.storage_path.rstrip("/") + "/" + space.name if storage.is_remote(base.run.storage_path) \
+        else os.path.join(root, space.name)
+    space_file = os.path.join(root, space.name, "sweep_space.yaml")
+    stored = storage.read_bytes(fs, space_file).decode() if storage.exists(fs, space_file) else None
+    current = yaml.safe_dump({"space": space.__dict__, "base": base.fingerprint()}, sort_keys=True)
+    trainable = tune.with_resources(train_trial, {"cpu": 0.01})  # the trainer's workers hold the real resources
+    if stored is not None and tune.Tuner.can_restore(sweep_uri):
+        if stored != current and not force:
+            raise ValueError(f"--name: sweep {space.name!r} exists with a different space or base config; "
+                             "use another --name or --force")
+        print(f"[sweep] resuming {space.name!r}: finished trials are kept, unfinished ones continue", flush=True)
+        tuner = tune.Tuner.restore(sweep_uri, trainable, resume_unfinished=True, resume_errored=True,
+                                   param_space=tune_param_space(space, base))
+    elif resume:
+        raise ValueError(f"--resume: no sweep named {space.name!r} under {base.run.storage_path}")
+    else:
+        storage.write_bytes(fs, space_file, current.encode())
+        tuner = tune.Tuner(trainable, param_space=tune_param_space(space, base),
+                           tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode,
+                                                       num_samples=space.num_samples,
+                                                       max_concurrent_trials=space.max_concurrent,
+                                                       scheduler=_scheduler(space, base, grace_period)),
+                           run_config=tune.RunConfig(name=space.name, storage_path=base.run.storage_path,
+                                                     storage_filesystem=None if not storage.is_remote(sweep_uri) else fs))
+    grid = tuner.fit()
+    out_dir = os.path.join(root, space.name) if not storage.is_remote(sweep_uri) else os.path.join("sweeps", space.name)
+    summary = write_reports(grid, space, base, out_dir)
+    ray.shutdown()
+    return summary
+
+
+def _scheduler(space: SweepSpace, base: Config, grace_period: int | None) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    sched = dict(space.scheduler)
+    kind = sched.pop("type", "asha")
+    if kind == "none":
+        return FIFOScheduler()
+    if kind != "asha":
+        raise ValueError(f"scheduler.type: unknown scheduler {kind!r} (asha or none)")
+    epochs = base.train.epochs
+    return ASHAScheduler(time_attr="training_iteration", max_t=epochs,
+                         grace_period=min(epochs, grace_period or int(sched.get("grace_period", 1))),
+                         reduction_factor=float(sched.get("reduction_factor", 2)))
+
+
+def results_table(grid: Any, space: SweepSpace) -> Any:
+    """One row per trial: its swept values, final and best metric, epochs run, status."""
+    import pandas as pd
+
+    rows = []
+    for r in grid:
+        m = r.metrics or {}
+        row = {"trial": (r.path or "").rstrip("/").split("/")[-1].split("_")[1] if r.path else ""}
+        row.update({k: r.config["params"][k] for k in space.params})
+        hist = r.metrics_dataframe
+        best = hist[space.metric].max() if space.mode == "max" else hist[space.metric].min() \
+            if hist is not None and space.metric in hist else float("nan")
+        row.update({space.metric: m.get(space.metric, float("nan")), f"best {space.metric}": best,
+                    "val/top5": m.get("val/top5"), "val/fp_ssim": m.get("val/fp_ssim"),
+                    "train/loss": m.get("train/loss"), "epochs": m.get("epoch", 0),
+                    "status": "error" if r.error else "done"})
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    return df.sort_values(space.metric, ascending=space.mode == "min", na_position="last").reset_index(drop=True)
+
+
+def write_reports(grid: Any, space: SweepSpace, base: Config, out_dir: str) -> dict[str, Any]:
+    """results.csv (printed), best_config.yaml and plot_<param>.png in ``out_dir``."""
+    os.makedirs(out_dir, exist_ok=True)
+    df = results_table(grid, space)
+    df.to_csv(os.path.join(out_dir, "results.csv"), index=False)
+    print(df.to_string(index=False, float_format=lambda v: f"{v:.4f}"), flush=True)
+    best = df.iloc[0]
+    best_params = {k: _plain(best[k]) for k in space.params}
+    recipe = best_recipe(space, base, best_params)
+    best_path = os.path.join(out_dir, "best_config.yaml")
+    with open(best_path, "w") as fh:
+        fh.write(f"# best of sweep {space.name!r} by {space.metric} ({best[space.metric]:.4f}): {best_params}\n")
+        fh.write(f"# python pipelines/train_joint.py --config {best_path}\n")
+        yaml.safe_dump(recipe, fh, sort_keys=False)
+    plots = [plot_param(df, key, space.metric, out_dir) for key in space.params]
+    return {"dir": out_dir, "trials": len(df), "best": best_params, "best_metric": float(best[space.metric]),
+            "best_config": best_path, "plots": plots}
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v
+
+
+def plot_param(df: Any, key: str, metric: str, out_dir: str) -> str:
+    """Scatter of the metric against one swept parameter (all trials)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    x = df[key].astype(str) if df[key].dtype == object else df[key]
+    ax.scatter(x, df[metric], s=40)
+    ax.set_xlabel(key)
+    ax.set_ylabel(metric)
+    if df[key].dtype != object and (df[key] > 0).all() and df[key].max() / max(df[key].min(), 1e-12) > 50:
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = os.path.join(out_dir, f"plot_{key.replace('.', '_')}.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
