@@ -114,33 +114,33 @@ def _check_param(path: str, base: Config, key: str, spec: Any) -> None:
             raise ValueError(f"{where}: value {v!r} is invalid: {e}") from None
 
 
-def tune_param_space(space: SweepSpace, base: Config) -> dict[str, Any]:
-    """The Tuner's ``param_space``: the base config (constant) and one entry per swept key."""
+def tune_param_space(space: SweepSpace) -> dict[str, Any]:
+    """The Tuner's ``param_space``: one entry per swept key (the base config travels separately)."""
     from ray import tune
 
     makers = {"grid": tune.grid_search, "choice": tune.choice,
               "uniform": lambda v: tune.uniform(*v), "loguniform": lambda v: tune.loguniform(*v),
               "randint": lambda v: tune.randint(*v)}
     params = {k: makers[kind](values) for k, spec in space.params.items() for kind, values in spec.items()}
-    return {"sweep": space.name, "base": base.to_dict(), "params": params}
+    return {"sweep": space.name, "params": params}
 
 
-def trial_config(config: dict[str, Any], trial_id: str) -> Config:
+def trial_config(config: dict[str, Any], base: dict[str, Any], trial_id: str) -> Config:
     """The Config of one trial: the base with the sampled params and a trial-specific run name."""
-    cfg = Config.from_dict(copy.deepcopy(config["base"]))
+    cfg = Config.from_dict(copy.deepcopy(base))
     for key, value in config["params"].items():
         cfg = cfg.override(key, value if isinstance(value, str) else _yaml(value))
     return cfg.override("run.name", f"{config['sweep']}-{trial_id}")
 
 
-def train_trial(config: dict[str, Any]) -> None:
+def train_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
     """Tune function trainable: one real training run (a TorchTrainer), as train_joint.py does."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from dynamonet.train.ray_train import build_trainer, prepare_run
 
-    cfg = trial_config(config, tune.get_context().get_trial_id())
+    cfg = trial_config(config, base, tune.get_context().get_trial_id())
     spec = prepare_run(cfg)
     result = build_trainer(spec, callbacks=[TuneReportCallback()]).fit()
     if result.error is not None:
@@ -165,6 +165,9 @@ def run_sweep(space: SweepSpace, base: Config, *, resume: bool = False, force: b
     from dynamonet import storage
     from dynamonet.train.ray_train import init_ray
 
+    # Snapshot the experiment state every 2 s (Tune's default is adaptive and can lag minutes), so a
+    # sweep killed right after a trial finished does not start that trial again on resume.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     init_ray(base)
     fs, root = storage.open_fs(base.run.storage_path, base.data.s3_endpoint)
     sweep_uri = base.run.storage_path.rstrip("/") + "/" + space.name if storage.is_remote(base.run.storage_path) \
@@ -172,19 +175,20 @@ def run_sweep(space: SweepSpace, base: Config, *, resume: bool = False, force: b
     space_file = os.path.join(root, space.name, "sweep_space.yaml")
     stored = storage.read_bytes(fs, space_file).decode() if storage.exists(fs, space_file) else None
     current = yaml.safe_dump({"space": space.__dict__, "base": base.fingerprint()}, sort_keys=True)
-    trainable = tune.with_resources(train_trial, {"cpu": 0.01})  # the trainer's workers hold the real resources
+    # the trainer's workers hold the real resources; the base config travels once, not per trial
+    trainable = tune.with_resources(tune.with_parameters(train_trial, base=base.to_dict()), {"cpu": 0.01})
     if stored is not None and tune.Tuner.can_restore(sweep_uri):
         if stored != current and not force:
             raise ValueError(f"--name: sweep {space.name!r} exists with a different space or base config; "
                              "use another --name or --force")
         print(f"[sweep] resuming {space.name!r}: finished trials are kept, unfinished ones continue", flush=True)
         tuner = tune.Tuner.restore(sweep_uri, trainable, resume_unfinished=True, resume_errored=True,
-                                   param_space=tune_param_space(space, base))
+                                   param_space=tune_param_space(space))
     elif resume:
         raise ValueError(f"--resume: no sweep named {space.name!r} under {base.run.storage_path}")
     else:
         storage.write_bytes(fs, space_file, current.encode())
-        tuner = tune.Tuner(trainable, param_space=tune_param_space(space, base),
+        tuner = tune.Tuner(trainable, param_space=tune_param_space(space),
                            tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode,
                                                        num_samples=space.num_samples,
                                                        max_concurrent_trials=space.max_concurrent,
@@ -220,7 +224,7 @@ def results_table(grid: Any, space: SweepSpace) -> Any:
     rows = []
     for r in grid:
         m = r.metrics or {}
-        row = {"trial": (r.path or "").rstrip("/").split("/")[-1].split("_")[1] if r.path else ""}
+        row = {"trial": m.get("trial_id", "")}
         row.update({k: r.config["params"][k] for k in space.params})
         hist = r.metrics_dataframe
         best = hist[space.metric].max() if space.mode == "max" else hist[space.metric].min() \

@@ -77,8 +77,15 @@ def init_ray(cfg: Config) -> None:
         cpus = cfg.run.local_cpus or 4 * (os.cpu_count() or 1)
         # address="local": a bare ray.init() would attach to any `ray start` cluster on this machine.
         ray.init(address="local", num_cpus=cpus, include_dashboard=True, log_to_driver=True)
+    quiet_data_context()
+
+
+def quiet_data_context() -> None:
+    """Rank 0 prints one progress line per step; Ray Data's own bars and plans would drown it."""
+    import ray
+
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # one progress line per step comes from rank 0 instead
+    ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
 
 
@@ -136,6 +143,7 @@ def prepare_run(cfg: Config, *, build_datasets: bool = True) -> RunSpec:
     if cfg.model.mode != "pretrain" and num_classes < 2:
         raise ValueError(f"model.num_classes: the dataset at {data.root} has {len(class_names)} classes; "
                          "set model.num_classes or use mode=pretrain for unlabeled data")
+    quiet_data_context()  # also in Tune trials, whose processes did not run init_ray
     spec = RunSpec(cfg=cfg, name=cfg.run.name, storage_path=storage_path, run_uri=run_uri, data=data,
                    class_names=class_names, num_classes=num_classes, steps_per_epoch=1,
                    transcode=dict(manifest.transcode))

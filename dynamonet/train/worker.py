@@ -12,6 +12,7 @@ Paper §3.2–3.3 (joint and self-supervised training), §4.3 (optimiser, schedu
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import tempfile
@@ -53,8 +54,20 @@ def _threads(cfg: Config, local_world: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, local_world))
 
 
+def _quiet_report_logs() -> None:
+    """Ray 2.60 logs every report with all its metrics at INFO through a logger named after its
+    source file, which ``LoggingConfig(log_level)`` does not reach; our own epoch line says the same."""
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+
+        logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+    except ImportError:  # another Ray layout: keep its logs
+        pass
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, float]:
     """Train ``loop_config["config"]`` on this rank's shards; returns rank 0's last metrics."""
+    _quiet_report_logs()
     cfg = Config.from_dict(loop_config["config"])
     num_classes, class_names = loop_config["num_classes"], loop_config["class_names"]
     ctx = ray.train.get_context()  # RAY
