@@ -362,6 +362,7 @@ class FakeCluster:
     address: str  # GCS address for ray.init(address=...)
     temp_dir: str  # Ray's --temp-dir: every process of this cluster names it or the address
     env: dict[str, str] = field(default_factory=dict)  # token auth settings a client process needs
+    dashboard: str = ""  # http://127.0.0.1:<port>: state API and job server
 
     def pids(self) -> list[int]:
         """This cluster's processes and their descendants, found through /proc."""
@@ -422,7 +423,8 @@ def start_fake_cluster(config_path: str, timeout_s: float = 60.0) -> FakeCluster
     for s in socks:
         s.close()
     ip = ray._private.services.get_node_ip_address()
-    cluster = FakeCluster(f"{ip}:{gcs}", tempfile.mkdtemp(prefix="rfk", dir="/tmp"))  # short: socket paths
+    cluster = FakeCluster(f"{ip}:{gcs}", tempfile.mkdtemp(prefix="rfk", dir="/tmp"),  # short: socket paths
+                          dashboard=f"http://127.0.0.1:{dashboard}")
     config = load_cluster_yaml(config_path)
     config["provider"]["gcs_address"] = cluster.address
     config_copy = os.path.join(cluster.temp_dir, "fake_multinode.yaml")

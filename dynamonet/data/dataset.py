@@ -152,19 +152,22 @@ def _padding_rows(batch: dict[str, np.ndarray], clip_shape: tuple[int, ...]) -> 
             "start": np.zeros(n, dtype=np.int32)}
 
 
-def _read_shards(paths: list[str], fs: pafs.FileSystem, shuffle: FileShuffleConfig | None) -> ray.data.Dataset:
+def _read_shards(paths: list[str], fs: pafs.FileSystem, shuffle: FileShuffleConfig | None,
+                 resources: dict | None = None) -> ray.data.Dataset:
     """read_parquet through the V1 Parquet datasource, one block per shard file.
 
     Ray 2.60's default V2 datasource (ListFiles → ReadFilesParquetV2) took 5-10 s per execution
     to read a few small local shards here (V1: 0.3 s), and every epoch re-executes the read. The
-    switch is scoped to this call; the plan is fixed when the read is created.
+    switch is scoped to this call; the plan is fixed when the read is created. ``resources``
+    (``data.decode_resources``) places the reads where the decoders run, off the GPU nodes.
     """
     ctx = ray.data.DataContext.get_current()
     previous = getattr(ctx, "use_datasource_v2", False)
     ctx.use_datasource_v2 = False
     try:
         return ray.data.read_parquet(paths, filesystem=fs, columns=list(INPUT_COLUMNS), shuffle=shuffle,
-                                     override_num_blocks=len(paths))
+                                     override_num_blocks=len(paths),
+                                     ray_remote_args={"resources": resources} if resources else None)
     finally:
         ctx.use_datasource_v2 = previous
 
@@ -216,7 +219,8 @@ def build_clip_dataset(cfg: DataConfig, split: str, *, training: bool, num_consu
     hflip = flip_map is not None
     fs, _ = resolve_filesystem(manifest.root, cfg.s3_endpoint, max_attempts=cfg.s3_max_attempts)
     paths = [uri_path(u) for u in manifest.shard_uris(split)]
-    ds = _read_shards(paths, fs, FileShuffleConfig(seed=seed, reseed_after_execution=True) if training else None)
+    ds = _read_shards(paths, fs, FileShuffleConfig(seed=seed, reseed_after_execution=True) if training else None,
+                      cfg.decode_resources or None)
     decoder_kwargs = {"clip_len": cfg.clip_len, "frame_stride": cfg.frame_stride, "crop_size": cfg.crop_size,
                       "resize_short": cfg.resize_short, "training": training,
                       "canonical_short_side": int(manifest.transcode.get("short_side", 0)),
