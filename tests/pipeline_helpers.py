@@ -51,14 +51,16 @@ class RayHead:
         return out
 
     def stop(self) -> None:
+        """SIGTERM to `ray start --block` (it stops its own processes), SIGKILL to the group after."""
         try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(30)
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(15)
         except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # whatever is left of the group
+        except ProcessLookupError:
+            pass
 
 
 def start_head(num_cpus: int = 8, timeout: float = 120.0) -> RayHead:
