@@ -5,21 +5,34 @@
 
 Timing: every implementation runs forward then ``torch.autograd.grad`` (gradients for frames and
 filters, or filters only with ``--grad filters`` — the model's case, frames are data) on fresh
-tensors;
-the implementations are interleaved within each repetition (order rotated); medians (and min,
-max) of the times are reported, and each speed ratio is the median of the per-repetition ratios. Memory: one forward+backward per implementation under
-``torch.profiler`` with ``profile_memory``; every CPU allocation and free (address, bytes) is
-replayed. ``peak_workspace`` counts only allocations freed before the end (temporaries and
-saved tensors) plus, for the batched op, its per-thread cached padded buffers (held between
-calls); ``peak_live`` also counts what survives (the output and the gradients). The targets
-(batched ≥ 4× the loop, ≥ 50× the unfold idiom of dynamic filter networks, workspace ≤ 3× the
-output) are evaluated and printed with the results as one JSON object; the ratio to a faster
-unfold + batched-matmul variant is reported too.
+tensors; the implementations are interleaved within each repetition (order rotated); medians
+(and min, max) of the times are reported, and each speed ratio is the median of the
+per-repetition ratios. Repetition 0 is an untimed warm-up; its totals are reported as
+``first_call_ms`` (the unfold idiom's first call page-faults its ≈ 480 MB of fresh temporaries;
+the timed repetitions are the warm ones, which still allocate them, as every call does).
+
+Allocator (``--malloc``): with glibc's default policy a freed heap top above 2× the largest freed
+chunk is returned to the OS, so the next large allocation page-faults again (≈ 5 ms per 19 MB on
+this VM, ≈ 1 µs per 4 KiB page). Whether an implementation's buffers hit that depends on what
+ran before it. ``system`` (default) measures as is; ``keep`` sets ``M_MMAP_THRESHOLD`` to its
+32 MiB maximum and disables trimming for the whole process (all implementations) — the steady
+state of a long-running process, or of jemalloc/tcmalloc. Allocations above 32 MiB (the unfold
+idiom's) are mmapped and fault in both settings.
+
+Memory: one forward+backward per implementation under ``torch.profiler`` with
+``profile_memory``; every CPU allocation and free (address, bytes; oneDNN's internal buffers
+included, they come from the same allocator) is replayed. ``peak_workspace`` counts only
+allocations freed before the end (temporaries and saved tensors); ``peak_live`` also counts what
+survives (the output and the gradients). The targets (batched ≥ 4× the loop, ≥ 50× the unfold
+idiom of dynamic filter networks, workspace ≤ 3× the output) are evaluated and printed with the
+results as one JSON object; the ratio to a faster unfold + batched-matmul variant is reported too.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import json
 import os
 import statistics
@@ -33,11 +46,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dynamonet.models.motion import (
-    apply_dynamic_filters,
-    apply_dynamic_filters_reference,
-    workspace_bytes,
-)
+from dynamonet.models.motion import apply_dynamic_filters, apply_dynamic_filters_reference
 
 Impl = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -102,7 +111,7 @@ def _one(fn: Impl, x: torch.Tensor, f: torch.Tensor, up: torch.Tensor, device: s
 
 def time_impls(names: list[str], shape: tuple[int, ...], s: int, grad: str, reps: int, slow_reps: int,
                device: str) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    """Interleaved forward/backward timings in ms, and paired ratios ``other / batched``.
+    """Interleaved forward/backward timings in ms (and the warm-up call's), paired ratios ``other / batched``.
 
     Each repetition runs every implementation once (order rotated); a ratio is taken within a
     repetition, so a load change from other users of the machine hits both sides alike, and the
@@ -111,6 +120,7 @@ def time_impls(names: list[str], shape: tuple[int, ...], s: int, grad: str, reps
     up = torch.ones(*shape, device=device)
     samples: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
     paired: dict[str, list[float]] = {n: [] for n in names if n != "batched"}
+    first: dict[str, float] = {}
     for rep in range(reps + 1):  # repetition 0 is a warm-up
         order = names[rep % len(names):] + names[: rep % len(names)]
         totals = {}
@@ -122,6 +132,8 @@ def time_impls(names: list[str], shape: tuple[int, ...], s: int, grad: str, reps
             if rep > 0:
                 samples[name].append((fwd, bwd))
                 totals[name] = fwd + bwd
+            else:
+                first[name] = fwd + bwd
         for name in paired:
             if name in totals and "batched" in totals:
                 paired[name].append(totals[name] / totals["batched"])
@@ -131,7 +143,8 @@ def time_impls(names: list[str], shape: tuple[int, ...], s: int, grad: str, reps
         out[name] = {"forward": round(statistics.median(1e3 * a for a, _ in pairs), 2),
                      "backward": round(statistics.median(1e3 * b for _, b in pairs), 2),
                      "total": round(statistics.median(tot), 2), "total_min": round(min(tot), 2),
-                     "total_max": round(max(tot), 2), "reps": len(pairs)}
+                     "total_max": round(max(tot), 2), "reps": len(pairs),
+                     "first_call_ms": round(1e3 * first[name], 2)}
     ratios = {f"{n}_over_batched": round(statistics.median(v), 1) for n, v in paired.items() if v}
     ratios.update({f"{n}_over_batched_min": round(min(v), 1) for n, v in paired.items() if v})
     return out, ratios
@@ -178,12 +191,22 @@ def memory(name: str, shape: tuple[int, ...], s: int, grad: str) -> dict[str, fl
             workspace -= 0 if addr in survivors else n
         peak_live, peak_work = max(peak_live, current), max(peak_work, workspace)
     out_bytes = x.numel() * x.element_size()
-    cached = workspace_bytes() if name == "batched" else 0  # per-thread padded buffers, held between calls
-    peak_work += cached
-    peak_live += cached
-    return {"cached_workspace_mb": round(cached / 2**20, 2),"output_mb": round(out_bytes / 2**20, 2), "peak_workspace_mb": round(peak_work / 2**20, 2),
+    return {"output_mb": round(out_bytes / 2**20, 2), "peak_workspace_mb": round(peak_work / 2**20, 2),
             "peak_live_mb": round(peak_live / 2**20, 2), "peak_workspace_over_output": round(peak_work / out_bytes, 2),
             "peak_live_over_output": round(peak_live / out_bytes, 2)}
+
+
+def set_malloc(policy: str) -> str:
+    """``keep``: glibc keeps freed heap memory (mmap threshold 32 MiB, no trimming); see the docstring."""
+    if policy == "system":
+        return "system"
+    libc_name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(libc_name) if libc_name else None
+    if libc is None or not hasattr(libc, "mallopt"):
+        return "system (no glibc mallopt)"
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    ok = libc.mallopt(m_mmap_threshold, 32 * 2**20) == 1 and libc.mallopt(m_trim_threshold, 2**30) == 1
+    return "keep (mmap threshold 32 MiB, trim threshold 1 GiB)" if ok else "system (mallopt failed)"
 
 
 def cuda_part(shape: tuple[int, ...], s: int, grad: str, reps: int) -> dict | str:
@@ -209,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="gradients for frames and filters, or filters only (the model's case)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     p.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    p.add_argument("--malloc", choices=("system", "keep"), default="system",
+                   help="glibc policy for freed memory, for all implementations (see the module docstring)")
     args = p.parse_args(argv)
+    malloc = set_malloc(args.malloc)
     if args.threads:
         torch.set_num_threads(args.threads)
     shape = (args.batch, args.channels, args.frames, args.size, args.size)
@@ -232,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "config": {"shape_BCTHW": list(shape), "kernel_size": args.kernel_size, "grad": args.grad,
                    "threads": torch.get_num_threads(), "reps": args.reps, "unfold_reps": args.unfold_reps,
+                   "malloc": malloc,
                    "torch": torch.__version__},
         "timing_ms": timing, "ratios": ratios, "memory": mem, "cuda": cuda, "targets": targets,
         "all_pass": all(t["pass"] for t in targets),

@@ -72,6 +72,15 @@ def build_parser(description: str, default_recipe: str | None, epilog: str = "")
     return p
 
 
+def check_set_items(items: Sequence[str]) -> list[str]:
+    """The ``--set`` items as given; raises ``ValueError`` for one that is not ``KEY=VALUE``."""
+    for item in items:
+        key, sep, _ = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set: expected KEY=VALUE, got {item!r}")
+    return list(items)
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     """Recipe → per-key flags and aliases → ``--set`` items, validated."""
     overrides: list[str] = []
@@ -80,7 +89,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             overrides.append(f"{dest.split(':', 1)[1]}={value}")
         elif dest.startswith("flag:") and value:
             overrides.append(f"{dest.split(':', 1)[1]}=true")
-    overrides.extend(args.set)
+    overrides.extend(check_set_items(args.set))
     path = recipe_path(args.config) if args.config else None
     return load_config(path, overrides)
 

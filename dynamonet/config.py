@@ -26,6 +26,7 @@ from typing import Any, get_type_hints
 import yaml
 
 MODES = ("pretrain", "joint", "no_fp", "backbone")
+FP_REDUCTIONS = ("frame", "pixel")
 REQUIRED = "???"  # a recipe value the user must supply (e.g. data.root of the UCF101 recipe)
 
 
@@ -54,6 +55,8 @@ class ModelConfig:
     dropout: float = _f(0.5, "dropout before the classifier")
     shortcut: str = _f("", "residual shortcut type A or B; empty = the architecture's default")
     widths: list = _f([], "override the per-stage widths (empty = the architecture's default)")
+    stem_pool: bool = _f(True, "keep the stem max-pool (Hara); false doubles every stage's resolution, "
+                               "for small inputs (Hara's --no_max_pool)")
 
     def __post_init__(self) -> None:
         _check(self.mode in MODES, "model.mode", f"unknown mode {self.mode!r}; choose from {', '.join(MODES)}")
@@ -138,11 +141,15 @@ class LossConfig:
     alpha: float = _f(0.1, "weight α of the frame-prediction loss (paper §4.3: 0.1)")
     beta: float = _f(1.0, "weight β of the classification loss (paper §4.3: 1.0)")
     huber_delta: float = _f(0.01, "Huber threshold δ on pixels in [0, 1] (paper eq. 2: 0.01)")
+    fp_reduction: str = _f("frame", "frame: eq. 2 on the norms of each frame's difference (the paper's "
+                                     "formula); pixel: elementwise Huber, mean over pixels")
 
     def __post_init__(self) -> None:
         _check(self.alpha >= 0, "loss.alpha", f"must be >= 0, got {self.alpha}")
         _check(self.beta >= 0, "loss.beta", f"must be >= 0, got {self.beta}")
         _check(self.huber_delta > 0, "loss.huber_delta", f"must be > 0, got {self.huber_delta}")
+        _check(self.fp_reduction in FP_REDUCTIONS, "loss.fp_reduction",
+               f"must be one of {', '.join(FP_REDUCTIONS)}, got {self.fp_reduction!r}")
 
 
 SCHEDULES = ("plateau", "cosine", "constant")

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from dynamonet import storage
+from dynamonet.cli import check_set_items
 from dynamonet.config import Config
 from dynamonet.eval_metrics import per_class_accuracy
 from dynamonet.train.checkpoint import load_checkpoint
@@ -30,19 +31,33 @@ COLUMNS = ["clip", "label", "video_index", "clip_index", "status"]
 
 def load_for_eval(checkpoint: str, overrides: list[str] | None = None, endpoint: str = ""
                   ) -> tuple[Config, dict[str, Any]]:
-    """``(config, state)`` of a checkpoint, with ``key=value`` overrides applied to its config."""
+    """``(config, state)`` of a checkpoint, with ``key=value`` overrides applied to its config.
+
+    ``endpoint`` is the S3 endpoint the checkpoint is read from ("" = ``AWS_ENDPOINT_URL`` or AWS).
+    """
     state = load_checkpoint(checkpoint, endpoint)
     if not state.get("config"):
         raise ValueError(f"--checkpoint: {checkpoint} carries no DynamoNet config; evaluate needs one of ours")
     cfg = Config.from_dict(state["config"])
-    for item in overrides or []:
+    for item in check_set_items(overrides or []):
         key, value = item.split("=", 1)
-        cfg = cfg.override(key, value)
+        cfg = cfg.override(key.strip(), value)
     return cfg, state
 
 
+def eval_overrides(sets: list[str], data_root: str = "", endpoint: str = "") -> list[str]:
+    """evaluate.py's overrides: every clip of every video (§4.3), the endpoint, ``--set``, ``--data``."""
+    return ["data.max_eval_clips=0", *([f"data.s3_endpoint={endpoint}"] if endpoint else []),
+            *check_set_items(sets), *([f"data.root={data_root}"] if data_root else [])]
+
+
+def eval_split(cfg: Config, split: str = "") -> str:
+    """The split scored: ``split``, else the config's ``data.val_split``, else ``val``."""
+    return split or cfg.data.val_split or "val"
+
+
 def build_eval_model(cfg: Config, state: dict[str, Any], device: torch.device) -> torch.nn.Module:
-    from dynamonet.train.worker import build_model_from_config
+    from dynamonet.models import build_model_from_config
 
     model = build_model_from_config(cfg, len(state["class_names"]) or cfg.model.num_classes)
     model.load_state_dict(state["model"])
@@ -50,15 +65,22 @@ def build_eval_model(cfg: Config, state: dict[str, Any], device: torch.device) -
 
 
 def evaluate_checkpoint(checkpoint: str, *, split: str = "", overrides: list[str] | None = None,
-                        device: str = "cpu", batch_size: int = 0, out_dir: str = "") -> dict[str, Any]:
-    """Evaluate one checkpoint; writes metrics.json, per_class.csv and confusion_matrix.png to ``out_dir``."""
+                        device: str = "cpu", batch_size: int = 0, out_dir: str | None = "",
+                        endpoint: str = "") -> dict[str, Any]:
+    """Evaluate one checkpoint; writes metrics.json, per_class.csv and confusion_matrix.png to ``out_dir``.
+
+    ``out_dir`` None means :func:`default_out_dir` of the split actually scored; "" writes nothing.
+    ``endpoint`` is the S3 endpoint of the checkpoint (see :func:`load_for_eval`).
+    """
     from dynamonet.data import build_clip_dataset, open_dataset
     from dynamonet.train.engine import validate
     from dynamonet.train.ray_train import effective_data, init_ray
     from dynamonet.train.worker import amp_dtype_for
 
-    cfg, state = load_for_eval(checkpoint, overrides)
-    split = split or cfg.data.val_split or "val"
+    cfg, state = load_for_eval(checkpoint, overrides, endpoint)
+    split = eval_split(cfg, split)
+    if out_dir is None:
+        out_dir = default_out_dir(checkpoint, split)
     if cfg.data.root:
         manifest = open_dataset(cfg.data)
         init_ray(cfg)
@@ -79,6 +101,8 @@ def evaluate_checkpoint(checkpoint: str, *, split: str = "", overrides: list[str
     res = validate(model, batches, cfg, dev, len(class_names), amp_dtype_for(cfg, dev), prefix="eval")
     out: dict[str, Any] = {"checkpoint": checkpoint, "epoch": state.get("epoch"), "split": split,
                            "data_root": data.root, "num_videos": info.num_videos, "num_clips": info.num_clips,
+                           "clips_per_video": info.num_clips / max(info.num_videos, 1),
+                           "max_eval_clips": data.max_eval_clips,
                            "metrics": {k: v for k, v in res.metrics.items() if not _nan(v)}}
     if res.confusion is not None:
         acc = per_class_accuracy(res.confusion)
@@ -93,7 +117,7 @@ def _nan(v: Any) -> bool:
 
 
 def default_out_dir(checkpoint: str, split: str) -> str:
-    """``<run>/eval/<split>`` next to a local checkpoint, else ``./eval/<split>``."""
+    """``<run>/eval/<split>`` next to a local checkpoint, else ``./eval/<split>`` (split: the one scored)."""
     if storage.is_remote(checkpoint):
         return os.path.join("eval", split or "val")
     path = os.path.abspath(checkpoint)

@@ -2,11 +2,18 @@
 
     L_total = α · L_FP + β · L_CE,   α = 0.1, β = 1.0 (paper §4.3),   δ = 0.01 on pixels in [0, 1].
 
-Huber formulation: eq. 2 is written with norms of the whole frame difference; we apply it
-**elementwise** (``0.5·e²`` if ``|e| < δ`` else ``δ·(|e| − δ/2)``, i.e. ``F.huber_loss``) and
-average over channels, frames and pixels of each clip, then over clips. A per-frame norm with
-δ = 0.01 would put every real frame in the linear branch (an L1/L2-norm loss), which is not what a
-threshold of 0.01 on [0, 1] pixels suggests; the elementwise form is the standard reading.
+Huber formulation (``reduction``):
+
+* ``"frame"`` (default) — eq. 2 as written, on the norms of each frame's difference
+  ``d = x̂_{t+1} − x_{t+1}`` over channels and pixels: ``½‖d‖₂²`` if ``‖d‖₁ < δ`` else
+  ``δ·‖d‖₁ − ½δ²``; mean over the T predicted frames of a clip, then over clips. With δ = 0.01
+  almost every real frame is in the linear branch, so the gradient is ``δ·sign(d)`` per pixel: a
+  sum-over-pixels L1 loss whose size grows with the frame area. On the embedded synthetic task
+  this trains the motion branch much harder than the pixel mean and gave higher accuracy
+  (docs/model.md, "Frame-prediction loss").
+* ``"pixel"`` — elementwise Huber (``½e²`` if ``|e| < δ`` else ``δ·(|e| − δ/2)``, i.e.
+  ``F.huber_loss``), mean over channels, frames and pixels of each clip, then over clips: the
+  resolution-independent reading, whose scale is ≈ δ·mean|e| (≈ 1e-4), so α must be far larger.
 
 Masking: ``weight`` ``(B,)`` (1 = real row, 0 = padding/corrupt row, any non-negative value
 allowed) gives a weighted mean over clips, ``Σ w_b·l_b / Σ w_b``. Unlabeled clips (label −1)
@@ -46,22 +53,32 @@ def _weighted_mean(per_sample: torch.Tensor, weight: torch.Tensor | None) -> tor
 
 
 def frame_prediction_loss(pred: torch.Tensor, target: torch.Tensor, delta: float = 0.01,
-                          weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Elementwise Huber loss between predicted and true frames (paper eq. 2).
+                          weight: torch.Tensor | None = None, reduction: str = "frame") -> torch.Tensor:
+    """Huber loss between predicted and true frames (paper eq. 2).
 
     Args:
         pred: ``(B, C, T, H, W)`` predicted frames 2..T+1.
         target: ``(B, C, T, H, W)`` true frames 2..T+1, same scale as ``pred`` ([0, 1]).
         delta: Huber threshold δ (paper: 0.01).
         weight: optional ``(B,)`` clip weights.
+        reduction: ``"frame"`` (eq. 2 on per-frame norms, mean over T) or ``"pixel"``
+            (elementwise, mean over C·T·H·W); see the module docstring.
 
     Returns:
-        Scalar: mean over C·T·H·W per clip, weighted mean over clips.
+        Scalar: the per-clip loss, weighted mean over clips.
     """
     if pred.shape != target.shape:
         raise ValueError(f"target: shape {tuple(target.shape)} does not match pred {tuple(pred.shape)}")
     if delta <= 0:
         raise ValueError(f"delta: must be > 0, got {delta}")
+    if reduction == "frame":
+        d = pred - target.to(pred.dtype)  # (B, C, T, H, W)
+        l1 = d.abs().sum(dim=(1, 3, 4), dtype=torch.float32)  # (B, T) ‖d‖₁ per frame
+        l2 = d.pow(2).sum(dim=(1, 3, 4), dtype=torch.float32)  # (B, T) ‖d‖₂²
+        per_frame = torch.where(l1 < delta, 0.5 * l2, delta * l1 - 0.5 * delta * delta)  # (B, T)
+        return _weighted_mean(per_frame.mean(dim=1), weight)
+    if reduction != "pixel":
+        raise ValueError(f"reduction: must be 'frame' or 'pixel', got {reduction!r}")
     if weight is None:
         return F.huber_loss(pred, target.to(pred.dtype), reduction="mean", delta=delta)
     per_elem = F.huber_loss(pred, target.to(pred.dtype), reduction="none", delta=delta)
@@ -91,7 +108,8 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, weight: torc
 
 
 def compute_losses(out: tuple, target: torch.Tensor, labels: torch.Tensor, *, alpha: float = 0.1, beta: float = 1.0,
-                   delta: float = 0.01, weight: torch.Tensor | None = None) -> LossTerms:
+                   delta: float = 0.01, weight: torch.Tensor | None = None,
+                   fp_reduction: str = "frame") -> LossTerms:
     """``α·FP + β·CE`` for a :class:`~dynamonet.models.DynamoOutput` (paper eq. 3).
 
     Args:
@@ -102,6 +120,7 @@ def compute_losses(out: tuple, target: torch.Tensor, labels: torch.Tensor, *, al
         beta: weight of the classification term.
         delta: Huber δ.
         weight: optional ``(B,)`` mask/weights of the rows (padding and corrupt rows = 0).
+        fp_reduction: ``"frame"`` | ``"pixel"``, see :func:`frame_prediction_loss`.
 
     Returns:
         :class:`LossTerms` ``(total, fp, ce)``; a term without its output (``pred`` in
@@ -112,6 +131,6 @@ def compute_losses(out: tuple, target: torch.Tensor, labels: torch.Tensor, *, al
     if ref is None:
         raise ValueError("out: neither logits nor pred is present")
     zero = ref.new_zeros((), dtype=torch.float32)
-    fp = frame_prediction_loss(pred, target, delta, weight).float() if pred is not None else zero
+    fp = frame_prediction_loss(pred, target, delta, weight, fp_reduction).float() if pred is not None else zero
     ce = classification_loss(logits, labels, weight) if logits is not None else zero
     return LossTerms(alpha * fp + beta * ce, fp, ce)

@@ -50,9 +50,12 @@ def decode_video_clips(path: str, cfg: Any, transcode_info: dict[str, Any]) -> n
 
 @torch.no_grad()
 def predict_video(path: str, checkpoint: str, *, topk: int = 5, device: str = "cpu",
-                  save_figure: str = "") -> dict[str, Any]:
-    """Top-k classes of a video (mean of its clip scores); optionally save the Fig. 3 style figure."""
-    cfg, state = load_for_eval(checkpoint)
+                  save_figure: str = "", endpoint: str = "") -> dict[str, Any]:
+    """Top-k classes of a video (mean of its clip scores); optionally save the Fig. 3 style figure.
+
+    ``endpoint`` is the S3 endpoint of an ``s3://`` checkpoint ("" = ``AWS_ENDPOINT_URL`` or AWS).
+    """
+    cfg, state = load_for_eval(checkpoint, endpoint=endpoint)
     clips = decode_video_clips(path, cfg, state.get("transcode") or {})
     dev = torch.device(device)
     model = build_eval_model(cfg, state, dev)

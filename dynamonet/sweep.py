@@ -29,15 +29,19 @@ from __future__ import annotations
 import copy
 import math
 import os
+import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
+from dynamonet import storage
 from dynamonet.cli import recipe_path
 from dynamonet.config import Config, load_config
 
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
+SCHEDULERS = ("asha", "none")
 SPACE_KEYS = {"name", "recipe", "metric", "mode", "num_samples", "max_concurrent", "scheduler", "set", "params",
               "description"}
 
@@ -78,6 +82,7 @@ def load_space(path: str, overrides: list[str] | None = None) -> tuple[SweepSpac
         raise ValueError(f"{path}: mode must be max or min, got {space.mode!r}")
     if not space.params:
         raise ValueError(f"{path}: params is empty: nothing to sweep")
+    _check_scheduler(path, space.scheduler)
     fixed = [f"{k}={_yaml(v)}" for k, v in space.set.items()] + list(overrides or [])
     try:
         base = load_config(recipe_path(space.recipe), fixed)
@@ -90,6 +95,15 @@ def load_space(path: str, overrides: list[str] | None = None) -> tuple[SweepSpac
 
 def _yaml(v: Any) -> str:
     return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _check_scheduler(path: str, sched: Any) -> None:
+    """``scheduler`` must be a mapping whose ``type`` (default asha) is a known scheduler."""
+    if not isinstance(sched, dict):
+        raise ValueError(f"{path}: scheduler: expected a mapping such as {{type: asha}}, got {sched!r}")
+    kind = sched.get("type", "asha")
+    if kind not in SCHEDULERS:
+        raise ValueError(f"{path}: scheduler.type: unknown scheduler {kind!r} ({' or '.join(SCHEDULERS)})")
 
 
 def _check_param(path: str, base: Config, key: str, spec: Any) -> None:
@@ -162,7 +176,6 @@ def run_sweep(space: SweepSpace, base: Config, *, resume: bool = False, force: b
     import ray
     from ray import tune
 
-    from dynamonet import storage
     from dynamonet.train.ray_train import init_ray
 
     # Snapshot the experiment state every 2 s (Tune's default is adaptive and can lag minutes), so a
@@ -196,8 +209,7 @@ def run_sweep(space: SweepSpace, base: Config, *, resume: bool = False, force: b
                            run_config=tune.RunConfig(name=space.name, storage_path=base.run.storage_path,
                                                      storage_filesystem=None if not storage.is_remote(sweep_uri) else fs))
     grid = tuner.fit()
-    out_dir = os.path.join(root, space.name) if not storage.is_remote(sweep_uri) else os.path.join("sweeps", space.name)
-    summary = write_reports(grid, space, base, out_dir)
+    summary = write_reports(grid, space, base, sweep_uri, base.data.s3_endpoint)
     ray.shutdown()
     return summary
 
@@ -217,44 +229,97 @@ def _scheduler(space: SweepSpace, base: Config, grace_period: int | None) -> Any
                          reduction_factor=float(sched.get("reduction_factor", 2)))
 
 
-def results_table(grid: Any, space: SweepSpace) -> Any:
-    """One row per trial: its swept values, final and best metric, epochs run, status."""
+def results_table(grid: Iterable[Any], space: SweepSpace) -> Any:
+    """One row per trial: its swept values, final and best metric, epochs run, status.
+
+    ``grid`` is a Tune ``ResultGrid`` or any iterable of objects with its ``Result`` attributes
+    (``metrics``, ``config``, ``metrics_dataframe``, ``error``, ``path``). A trial that failed
+    before its first report gets a row with NaN metrics and status ``error``.
+    """
     import pandas as pd
 
-    rows = []
-    for r in grid:
-        m = r.metrics or {}
-        row = {"trial": m.get("trial_id", "")}
-        row.update({k: r.config["params"][k] for k in space.params})
-        hist = r.metrics_dataframe
-        best = hist[space.metric].max() if space.mode == "max" else hist[space.metric].min() \
-            if hist is not None and space.metric in hist else float("nan")
-        row.update({space.metric: m.get(space.metric, float("nan")), f"best {space.metric}": best,
-                    "val/top5": m.get("val/top5"), "val/fp_ssim": m.get("val/fp_ssim"),
-                    "train/loss": m.get("train/loss"), "epochs": m.get("epoch", 0),
-                    "status": "error" if r.error else "done"})
-        rows.append(row)
-    df = pd.DataFrame(rows)
+    rows = [_trial_row(r, space) for r in grid]
+    df = pd.DataFrame(rows, columns=_columns(space))
     return df.sort_values(space.metric, ascending=space.mode == "min", na_position="last").reset_index(drop=True)
 
 
-def write_reports(grid: Any, space: SweepSpace, base: Config, out_dir: str) -> dict[str, Any]:
-    """results.csv (printed), best_config.yaml and plot_<param>.png in ``out_dir``."""
-    os.makedirs(out_dir, exist_ok=True)
+def _columns(space: SweepSpace) -> list[str]:
+    return ["trial", *space.params, space.metric, f"best {space.metric}", "val/top5", "val/fp_ssim",
+            "train/loss", "epochs", "status"]
+
+
+def _trial_row(r: Any, space: SweepSpace) -> dict[str, Any]:
+    m = r.metrics or {}
+    params = (r.config or {}).get("params", {})
+    path = getattr(r, "path", None)
+    row: dict[str, Any] = {"trial": m.get("trial_id") or (os.path.basename(str(path).rstrip("/")) if path else "")}
+    row.update({k: params.get(k) for k in space.params})
+    row.update({space.metric: m.get(space.metric, float("nan")),
+                f"best {space.metric}": best_of(r.metrics_dataframe, space.metric, space.mode),
+                "val/top5": m.get("val/top5"), "val/fp_ssim": m.get("val/fp_ssim"),
+                "train/loss": m.get("train/loss"), "epochs": m.get("epoch", 0),
+                "status": "error" if r.error else "done"})
+    return row
+
+
+def best_of(history: Any, metric: str, mode: str) -> float:
+    """The best value of ``metric`` over a trial's reports (a DataFrame); NaN if it has none."""
+    if history is None or metric not in history:
+        return float("nan")
+    values = history[metric].dropna()
+    if values.empty:
+        return float("nan")
+    return float(values.max() if mode == "max" else values.min())
+
+
+def write_reports(grid: Iterable[Any], space: SweepSpace, base: Config, out_uri: str,
+                  endpoint: str = "") -> dict[str, Any]:
+    """results.csv (printed), best_config.yaml and plot_<param>.png under ``out_uri``.
+
+    ``out_uri`` is the sweep's directory: a local path, written directly, or an ``s3://`` URI,
+    written to a temporary directory and then uploaded with ``pyarrow.fs``.
+    """
     df = results_table(grid, space)
-    df.to_csv(os.path.join(out_dir, "results.csv"), index=False)
     print(df.to_string(index=False, float_format=lambda v: f"{v:.4f}"), flush=True)
-    best = df.iloc[0]
-    best_params = {k: _plain(best[k]) for k in space.params}
-    recipe = best_recipe(space, base, best_params)
-    best_path = os.path.join(out_dir, "best_config.yaml")
-    with open(best_path, "w") as fh:
-        fh.write(f"# best of sweep {space.name!r} by {space.metric} ({best[space.metric]:.4f}): {best_params}\n")
-        fh.write(f"# python pipelines/train_joint.py --config {best_path}\n")
-        yaml.safe_dump(recipe, fh, sort_keys=False)
-    plots = [plot_param(df, key, space.metric, out_dir) for key in space.params]
-    return {"dir": out_dir, "trials": len(df), "best": best_params, "best_metric": float(best[space.metric]),
-            "best_config": best_path, "plots": plots}
+    if not storage.is_remote(out_uri):
+        summary = _write_report_files(df, space, base, out_uri, out_uri)
+    else:
+        import pyarrow.fs as pafs
+
+        fs, path = storage.open_fs(out_uri, endpoint)
+        with tempfile.TemporaryDirectory(prefix="dynamonet-sweep-") as tmp:
+            summary = _write_report_files(df, space, base, tmp, out_uri)
+            pafs.copy_files(tmp, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    names = ["results.csv"] + (["best_config.yaml"] if summary["best_config"] else []) + ["plot_*.png"]
+    print(f"[sweep] reports ({', '.join(names)}) → {summary['dir']}", flush=True)
+    return summary
+
+
+def _join(uri: str, name: str) -> str:
+    return uri.rstrip("/") + "/" + name if storage.is_remote(uri) else os.path.join(uri, name)
+
+
+def _write_report_files(df: Any, space: SweepSpace, base: Config, local_dir: str, uri: str) -> dict[str, Any]:
+    """Write the reports to ``local_dir``; the returned paths name where they end up (``uri``)."""
+    os.makedirs(local_dir, exist_ok=True)
+    df.to_csv(os.path.join(local_dir, "results.csv"), index=False)
+    scored = df[df[space.metric].notna()]
+    best_params: dict[str, Any] | None = None
+    best_metric, best_config = float("nan"), ""
+    if len(scored):
+        best = scored.iloc[0]
+        best_params = {k: _plain(best[k]) for k in space.params}
+        best_metric = float(best[space.metric])
+        best_config = _join(uri, "best_config.yaml")
+        command = (f"--config {best_config}" if not storage.is_remote(uri)
+                   else f"--config best_config.yaml  (downloaded from {best_config})")
+        with open(os.path.join(local_dir, "best_config.yaml"), "w", encoding="utf-8") as fh:
+            fh.write(f"# best of sweep {space.name!r} by {space.metric} ({best_metric:.4f}): {best_params}\n")
+            fh.write(f"# python pipelines/train_joint.py {command}\n")
+            yaml.safe_dump(best_recipe(space, base, best_params), fh, sort_keys=False)
+    plots = [_join(uri, os.path.basename(plot_param(df, key, space.metric, local_dir))) for key in space.params]
+    return {"dir": uri, "trials": len(df), "best": best_params, "best_metric": best_metric,
+            "best_config": best_config, "results": _join(uri, "results.csv"), "plots": plots}
 
 
 def _plain(v: Any) -> Any:

@@ -23,6 +23,8 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", required=True, help="run dir, checkpoint dir or checkpoint.pt (local or s3://)")
     p.add_argument("--topk", type=int, default=5, help="classes to print (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="device for the model (default: %(default)s)")
+    p.add_argument("--s3-endpoint", default="", metavar="URL",
+                   help="S3 endpoint of an s3:// --checkpoint, as in train_joint.py (default: AWS_ENDPOINT_URL, else AWS)")
     p.add_argument("--save-figure", default="", metavar="PNG", help="write the frame-prediction figure here")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     args = p.parse_args(argv)
@@ -30,7 +32,7 @@ def main(argv=None) -> int:
 
     try:
         r = predict_video(args.video, args.checkpoint, topk=args.topk, device=args.device,
-                          save_figure=args.save_figure)
+                          save_figure=args.save_figure, endpoint=args.s3_endpoint)
     except ValueError as e:
         fail(str(e))
     if args.json:

@@ -80,29 +80,34 @@ def start_head(num_cpus: int = 8, timeout: float = 120.0) -> RayHead:
                             start_new_session=True)
     head = RayHead(proc=proc, address=f"127.0.0.1:{gcs}", dashboard=f"http://127.0.0.1:{dash}", temp_dir=temp_dir,
                    env=env)
+    # Ready = the job server accepts a job. `ray job list` answers before the head's dashboard agent
+    # has registered, and a submission in that window fails with "No available agent to submit job".
+    probe = ["ray", "job", "submit", "--no-wait", "--address", head.dashboard, "--", "true"]
     deadline = time.monotonic() + timeout
+    last = ""
     while time.monotonic() < deadline:
-        r = subprocess.run(["ray", "job", "list", "--address", head.dashboard], env=head.client_env(),
-                           capture_output=True, timeout=60)
+        r = subprocess.run(probe, env=head.client_env(), capture_output=True, text=True, timeout=60)
         if r.returncode == 0:
             return head
         if proc.poll() is not None:
             raise RuntimeError(f"ray start exited with {proc.returncode}")
+        last = (r.stderr.strip().splitlines() or [""])[-1]
         time.sleep(0.5)
     head.stop()
-    raise RuntimeError("the Ray head did not come up in time")
+    raise RuntimeError(f"the Ray head did not accept a job in {timeout:.0f} s: {last}")
 
 
 def small_settings(cache_dir: str, storage: str, epochs: int = 3) -> list[str]:
-    """A tiny synthetic task that still learns: 4 classes, 32 px, clips of 4 (+1) frames."""
+    """A tiny synthetic task that still learns: 4 translation classes, 32 px, clips of 8 (+1) frames,
+    4 clips per video: 24 steps of 2 × 16 per epoch (per-worker batches of 8 barely learn: BN)."""
     sets = {
         "data.cache_dir": cache_dir,
-        "data.synthetic.num_classes": 4, "data.synthetic.train_per_class": 12, "data.synthetic.val_per_class": 3,
+        "data.synthetic.num_classes": 4, "data.synthetic.train_per_class": 48, "data.synthetic.val_per_class": 3,
         "data.synthetic.num_frames": 12, "data.synthetic.size": 32,
-        "data.clip_len": 4, "data.crop_size": 24, "data.resize_short": 32, "data.batch_size": 8,
-        "data.clips_per_video": 2, "data.decode_actors": 1, "data.decode_cpus": 0.5,
+        "data.clip_len": 8, "data.crop_size": 24, "data.resize_short": 32, "data.batch_size": 16,
+        "data.clips_per_video": 4, "data.decode_actors": 1, "data.decode_cpus": 0.5,
         "model.dmr_dim": 64, "model.ar_dim": 32, "model.head_channels": 16, "model.dropout": 0.0,
-        "optim.warmup_epochs": 0, "optim.schedule": "constant", "optim.lr": 0.2,
+        "optim.warmup_epochs": 0, "optim.schedule": "constant", "optim.lr": 0.4,
         "train.epochs": epochs, "train.log_every": 1, "run.storage_path": storage,
     }
     out: list[str] = []

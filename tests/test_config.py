@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from dynamonet.cli import build_parser, config_from_args, recipe_path
+from dynamonet.cli import build_parser, config_from_args, parse_config, recipe_path
 from dynamonet.config import Config, load_config
 
 
@@ -62,6 +62,30 @@ def test_cli_error_is_one_line_and_exit_2():
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2
     assert p.stderr.strip() == "error: model.kernel_size: must be an odd integer in 3..7, got 4"
+
+
+@pytest.mark.parametrize("item", ["foo", "=1"])
+def test_set_without_key_value_is_one_line_exit_2(item, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_config(build_parser("t", "embedded"), ["--set", item])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: --set: expected KEY=VALUE, got {item!r}"
+
+
+def test_refused_dataset_leaves_no_run_behind(tmp_path):
+    from dynamonet.train.ray_train import prepare_run, resolve_run, save_run_config
+
+    storage = tmp_path / "runs"
+    keys = [f"run.storage_path={storage}", "run.name=r"]
+    with pytest.raises(ValueError, match="^data.root: "):
+        prepare_run(load_config(recipe_path("embedded"), [*keys, f"data.root={tmp_path / 'missing'}"]))
+    assert not storage.exists()  # no orphan run: --resume finds nothing, a corrected --data is a new run
+    with pytest.raises(ValueError, match="^run.resume: no run to resume"):
+        resolve_run(load_config(recipe_path("embedded"), [f"run.storage_path={storage}", "run.resume=true"]))
+    cfg, _, run_uri = resolve_run(load_config(recipe_path("embedded"), [*keys, f"data.root={tmp_path / 'fixed'}"]))
+    save_run_config(cfg, run_uri)  # what prepare_run does once the dataset checks passed
+    with pytest.raises(ValueError, match=r"^run.name: run 'r' already exists with a different config \(loss.alpha"):
+        resolve_run(cfg.override("loss.alpha", 0.5))  # a genuine resume still refuses a changed config
 
 
 def test_help_documents_every_key():

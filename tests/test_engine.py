@@ -11,7 +11,15 @@ import torch
 from dynamonet.config import Config
 from dynamonet.models import build_model
 from dynamonet.train.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
-from dynamonet.train.engine import STATUS_CORRUPT, STATUS_PAD, Progress, prepare_batch, train_one_epoch, validate
+from dynamonet.train.engine import (
+    STATUS_CORRUPT,
+    STATUS_PAD,
+    Progress,
+    format_duration,
+    prepare_batch,
+    train_one_epoch,
+    validate,
+)
 from dynamonet.train.optim import LRSchedule, build_optimizer
 
 T, S, K = 4, 24, 3
@@ -109,3 +117,23 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path):
         load_checkpoint(str(tmp_path / "junk.pt"))
     with pytest.raises(ValueError, match="run.init_from: checkpoint not found"):
         load_checkpoint(str(tmp_path / "nope"))
+
+
+def test_no_fp_ablation_trains_without_the_fp_term():
+    """§4.5 `no_fp`: filters and DMR are kept, α is 0 whatever loss.alpha says; FP is still reported."""
+    batch = moving_square_batch(8, 0)
+    for mode, alpha in (("joint", 0.1), ("no_fp", 0.0)):
+        torch.manual_seed(0)
+        c = cfg().override("model.mode", mode).override("loss.alpha", 0.1).override("loss.beta", 1.0)
+        model = build_model("r3d_tiny", mode=mode, num_classes=K, clip_len=T, dmr_dim=32, ar_dim=32,
+                            head_channels=16, dropout=0.0)
+        m = validate(model, [batch], c, torch.device("cpu"), K).metrics
+        assert m["val/loss_fp"] > 0
+        assert m["val/loss"] == pytest.approx(alpha * m["val/loss_fp"] + m["val/loss_ce"], rel=1e-4)
+
+
+@pytest.mark.parametrize("seconds,text", [(0, "0:00:00"), (59.6, "0:01:00"), (3725, "1:02:05"),
+                                          (86400 + 3 * 3600 + 9, "27:00:09"), (200 * 86400, "4800:00:00"),
+                                          (-5, "0:00:00"), (math.inf, "0:00:00")])
+def test_eta_hours_do_not_wrap_at_a_day(seconds, text):
+    assert format_duration(seconds) == text

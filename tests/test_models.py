@@ -7,8 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from dynamonet.config import load_config
 from dynamonet.losses import compute_losses
-from dynamonet.models import MODES, DynamoOutput, apply_dynamic_filters, build_model, list_models
+from dynamonet.models import (
+    MODES,
+    DynamoOutput,
+    apply_dynamic_filters,
+    build_model,
+    build_model_from_config,
+    list_models,
+)
 
 T, SIZE, CLASSES = 4, 32, 5
 
@@ -99,13 +107,75 @@ def test_wrong_input_raises() -> None:
 
 
 def test_embedded_default_builds_from_recipe() -> None:
-    yaml = pytest.importorskip("yaml")
-    with open(Path(__file__).parents[1] / "pipelines/recipes/embedded.yaml", encoding="utf-8") as fh:
-        recipe = yaml.safe_load(fh)
-    m, d = recipe["model"], recipe["data"]
-    model = build_model(m["arch"], mode=m["mode"], num_classes=13, clip_len=d["clip_len"],
-                        kernel_size=m["kernel_size"], dmr_dim=m["dmr_dim"], ar_dim=m["ar_dim"],
-                        head_channels=m["head_channels"], dropout=m["dropout"])
-    x = torch.rand(2, 3, d["clip_len"], d["crop_size"], d["crop_size"])
+    cfg = load_config(str(Path(__file__).parents[1] / "pipelines/recipes/embedded.yaml"))
+    model = build_model_from_config(cfg, 13)
+    d = cfg.data
+    x = torch.rand(2, 3, d.clip_len, d.crop_size, d.crop_size)
     out = model(x)
     assert out.logits.shape == (2, 13) and out.pred.shape == x.shape
+    assert model.backbone.stem_pool is cfg.model.stem_pool
+
+
+@pytest.mark.parametrize("name", ["r3d_tiny", "stc_resnext_tiny"])
+def test_stem_pool_off_doubles_the_feature_maps_same_parameters(name: str) -> None:
+    pooled = build_model(name, mode="joint", num_classes=5, clip_len=8, dmr_dim=16, ar_dim=16, head_channels=8)
+    full = build_model(name, mode="joint", num_classes=5, clip_len=8, dmr_dim=16, ar_dim=16, head_channels=8,
+                       stem_pool=False)
+    x = torch.rand(2, 3, 8, 32, 32)
+    assert tuple(pooled.backbone(x).shape[2:]) == (1, 1, 1)  # (⌈8/16⌉, ⌈32/32⌉, ⌈32/32⌉)
+    assert tuple(full.backbone(x).shape[2:]) == (1, 2, 2)  # (⌈8/8⌉, ⌈32/16⌉, ⌈32/16⌉)
+    shapes = {k: v.shape for k, v in full.state_dict().items()}
+    # the max-pool has no parameters; only the STC temporal sizes may follow the longer stage durations
+    same = {k for k, v in pooled.state_dict().items() if shapes.get(k) == v.shape}
+    assert set(pooled.state_dict()) == set(shapes)
+    if name == "r3d_tiny":
+        assert same == set(shapes)
+    out = full(x)
+    assert out.logits.shape == (2, 5) and out.pred.shape == x.shape
+
+
+def _per_branch(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A joint state dict in the per-branch layout (``motion.convs.*``, ``appearance.convs.*``)."""
+    out = {}
+    for key, value in state.items():
+        if not key.startswith("branch_convs."):
+            out[key] = value
+            continue
+        suffix = key[len("branch_convs."):]
+        rows = value.shape[0] // 2 if value.dim() else 0
+        for k, branch in enumerate(("motion", "appearance")):
+            out[f"{branch}.convs.{suffix}"] = value[k * rows : (k + 1) * rows].clone() if rows else value.clone()
+    return out
+
+
+def test_merged_branch_convs_equal_two_separate_pairs() -> None:
+    """joint/no_fp run the motion and AR conv layers as one conv_pair(branches=2): same function."""
+    from dynamonet.models.motion import conv_pair
+
+    model = tiny("r3d_tiny", "joint")
+    merged = model.branch_convs
+    c_in, width, kt = merged[0].in_channels, merged[0].out_channels // 2, merged[0].kernel_size[0]
+    pairs = [conv_pair(c_in, width, kt), conv_pair(c_in, width, kt)]
+    legacy = _per_branch({f"branch_convs.{k}": v for k, v in merged.state_dict().items()})
+    for branch, pair in zip(("motion", "appearance"), pairs, strict=True):
+        pair.load_state_dict({k[len(branch) + len(".convs."):]: v for k, v in legacy.items() if k.startswith(branch)})
+    feats = torch.randn(3, c_in, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    for train in (True, False):
+        merged.train(train)
+        for p in pairs:
+            p.train(train)
+        torch.testing.assert_close(merged(feats), torch.cat([p(feats) for p in pairs], dim=1))
+    for k, p in enumerate(pairs):  # the running statistics moved identically
+        torch.testing.assert_close(merged[1].running_mean[k * width : (k + 1) * width], p[1].running_mean)
+        torch.testing.assert_close(merged[4].running_var[k * width : (k + 1) * width], p[4].running_var)
+
+
+def test_per_branch_checkpoints_still_load() -> None:
+    src = tiny("r3d_tiny", "joint").eval()
+    dst = build_model("r3d_tiny", mode="joint", num_classes=CLASSES, clip_len=T, kernel_size=5, dmr_dim=16, ar_dim=8,
+                      head_channels=8, widths=(8, 8, 16, 16)).eval()
+    dst.load_state_dict(_per_branch(src.state_dict()))  # strict: a checkpoint saved before the merge
+    x = clip()[:, :, :T]
+    with torch.no_grad():
+        for a, b in zip(src(x), dst(x), strict=True):
+            torch.testing.assert_close(a, b)

@@ -112,10 +112,17 @@ def test_load_matching_weights_with_a_different_class_count() -> None:
 def test_load_matching_weights_across_modes() -> None:
     pre = build_model("r3d_tiny", mode="pretrain", clip_len=4)
     joint = build_model("r3d_tiny", mode="joint", clip_len=4, num_classes=3)
+    fresh_ar = joint.branch_convs[0].weight[64:].detach().clone()
     report = load_matching_weights(joint, {"model": pre.state_dict()})  # a checkpoint dict
     assert report.unexpected == [] and report.shape_mismatch == []
     assert any(n.startswith("appearance.") for n in report.missing)
     assert all(n.startswith(("backbone.", "motion.")) for n in report.loaded)
-    back = load_matching_weights(pre, joint.state_dict())
+    assert "motion.convs.0.weight" in report.loaded and "appearance.convs.0.weight" in report.missing
+    # joint models run both branches' convs as one conv_pair: the motion rows come from pretraining
+    torch.testing.assert_close(joint.branch_convs[0].weight[:64], pre.motion.convs[0].weight)
+    torch.testing.assert_close(joint.branch_convs[4].running_var[:64], pre.motion.convs[4].running_var)
+    torch.testing.assert_close(joint.branch_convs[0].weight[64:], fresh_ar)
+    torch.manual_seed(1)
+    back = load_matching_weights(build_model("r3d_tiny", mode="pretrain", clip_len=4), joint.state_dict())
     assert any(n.startswith("classifier.") for n in back.unexpected)
-    assert "unexpected" in back.summary()
+    assert "branch_convs.3.weight" in back.loaded and "unexpected" in back.summary()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a job working dir
 
-from dynamonet.cli import fail
+from dynamonet.cli import check_set_items, fail
 
 DEFAULT_SPACE = str(Path(__file__).resolve().parent / "spaces" / "default.yaml")
 
@@ -41,7 +41,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from dynamonet.sweep import load_space, run_sweep
 
-    overrides = list(args.set)
+    try:
+        overrides = check_set_items(args.set)
+    except ValueError as e:
+        fail(str(e))
     if args.workers_per_trial:
         overrides.append(f"train.num_workers={args.workers_per_trial}")
     if args.gpus_per_trial:
@@ -58,6 +61,9 @@ def main(argv=None) -> int:
         summary = run_sweep(space, base, resume=args.resume, force=args.force, grace_period=args.grace_period)
     except ValueError as e:
         fail(str(e))
+    if summary["best"] is None:
+        fail(f"sweep {space.name!r}: no trial reported {space.metric} ({summary['trials']} trials; "
+             f"see {summary['results']})", code=1)
     print(f"SWEEP done: {summary['trials']} trials, best {space.metric}={summary['best_metric']:.4f} "
           f"with {summary['best']}; best config: {summary['best_config']}", flush=True)
     return 0

@@ -10,7 +10,14 @@ Pure PyTorch, no Ray. Entry points::
 from ..config import MODES
 from .dynamonet import DynamoNet, DynamoOutput
 from .motion import apply_dynamic_filters
-from .registry import LoadReport, build_model, list_models, load_matching_weights, register_model
+from .registry import (
+    LoadReport,
+    build_model,
+    build_model_from_config,
+    list_models,
+    load_matching_weights,
+    register_model,
+)
 from .stfn import STFN
 
 __all__ = [
@@ -21,6 +28,7 @@ __all__ = [
     "LoadReport",
     "apply_dynamic_filters",
     "build_model",
+    "build_model_from_config",
     "list_models",
     "load_matching_weights",
     "register_model",

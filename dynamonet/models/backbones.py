@@ -1,6 +1,8 @@
 """3D ResNet / ResNeXt backbones after Hara et al., CVPR 2018 (DynamoNet paper §3.2, §4.1).
 
-Stem: 7×7×7 conv, stride (1, 2, 2) + 3×3×3 max-pool, stride 2; four stages of basic or bottleneck
+Stem: 7×7×7 conv, stride (1, 2, 2) + 3×3×3 max-pool, stride 2 (``stem_pool=False`` drops the
+max-pool, as Hara's ``--no_max_pool``: every stage then runs at twice the resolution in time and
+space, which is what small inputs such as the embedded 8×40×40 clips need); four stages of basic or bottleneck
 blocks, stages 2–4 downsample by 2 in time and space; shortcut A (identity + zero channels) or
 B (1×1×1 conv + BN) when the shape changes. ResNeXt blocks are bottlenecks with a grouped 3×3×3
 conv (cardinality 32) and expansion 2. Optionally every residual block carries a
@@ -107,9 +109,9 @@ class ResNeXtBottleneck(Bottleneck):
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck, "resnext": ResNeXtBottleneck}
 
 
-def stage_durations(clip_len: int) -> list[int]:
-    """Temporal length after the stem+max-pool and after each of stages 2–4 (``ceil(T/2)`` each)."""
-    t = math.ceil(clip_len / 2)  # stem stride 1, max-pool stride 2
+def stage_durations(clip_len: int, stem_pool: bool = True) -> list[int]:
+    """Temporal length after the stem (+ max-pool) and after each of stages 2–4 (``ceil(T/2)`` each)."""
+    t = math.ceil(clip_len / 2) if stem_pool else clip_len  # stem stride 1, max-pool stride 2
     out = [t]
     for _ in range(3):
         t = math.ceil(t / 2)
@@ -130,20 +132,24 @@ class ResNet3D(nn.Module):
         stc_reduction: if > 0, an STC block with this reduction ratio in every residual block.
         clip_len: frames of the input (sizes the STC temporal branch).
         in_channels: input channels (3 for RGB).
+        stem_pool: keep the stem's 3×3×3 max-pool (Hara's default); False halves no dimension there.
     """
 
     def __init__(self, block: str, layers: Sequence[int], widths: Sequence[int], stem_width: int,
                  shortcut: str = "B", cardinality: int = 1, stc_reduction: int = 0, clip_len: int = 16,
-                 in_channels: int = 3) -> None:
+                 in_channels: int = 3, stem_pool: bool = True) -> None:
         super().__init__()
         block_cls = BLOCKS[block]
-        self.stem = nn.Sequential(
+        self.stem_pool = stem_pool
+        stem: list[nn.Module] = [
             nn.Conv3d(in_channels, stem_width, 7, stride=(1, 2, 2), padding=3, bias=False),
             nn.BatchNorm3d(stem_width),
             nn.ReLU(inplace=True),
-            nn.MaxPool3d(3, stride=2, padding=1),
-        )
-        durations = stage_durations(clip_len)
+        ]
+        if stem_pool:  # parameter-free: state dicts are the same with or without it
+            stem.append(nn.MaxPool3d(3, stride=2, padding=1))
+        self.stem = nn.Sequential(*stem)
+        durations = stage_durations(clip_len, stem_pool)
         cin, stages = stem_width, []
         for idx, (n, planes) in enumerate(zip(layers, widths, strict=True)):
             cout = planes * block_cls.expansion
@@ -167,5 +173,6 @@ class ResNet3D(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, T, H, W)`` normalised clip → last-stage features ``(B, C4, ⌈T/16⌉, ⌈H/32⌉, ⌈W/32⌉)``."""
+        """``(B, 3, T, H, W)`` normalised clip → last-stage features ``(B, C4, ⌈T/16⌉, ⌈H/32⌉, ⌈W/32⌉)``
+        (``(B, C4, ⌈T/8⌉, ⌈H/16⌉, ⌈W/16⌉)`` without the stem max-pool)."""
         return self.stages(self.stem(x))

@@ -17,11 +17,18 @@ Modes (all parameters of a mode are used in its forward, so DDP runs with
 * ``no_fp`` — the same modules as ``joint``; the §4.5 ablation differs only in the loss
   (training sets α = 0), so the prediction is still returned for monitoring.
 * ``backbone`` — the plain Hara 3D-CNN: global average pool → dropout → FC.
+
+In ``joint``/``no_fp`` the motion and AR branches' conv layers (2 × 64 filters each, §4.1) run as
+one ``conv_pair(..., branches=2)`` named ``branch_convs`` (channels 0..63 = motion, 64..127 = AR,
+grouped second layer): the same parameters and function as two separate pairs, half the
+operator calls. Checkpoints with the per-branch names (``motion.convs.*``, ``appearance.convs.*``,
+also what ``pretrain`` models have) load through :meth:`DynamoNet.adapt_state_dict`.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -29,9 +36,11 @@ from torch import nn
 from ..config import MODES
 from .backbones import ResNet3D, stage_durations
 from .heads import AppearanceHead, Classifier, MotionRepresentation
-from .motion import FilterGenerator, apply_dynamic_filters
+from .motion import FilterGenerator, apply_dynamic_filters, conv_pair
 
 __all__ = ["KINETICS_MEAN", "KINETICS_STD", "DynamoNet", "DynamoOutput"]
+
+_BRANCHES = ("motion", "appearance")  # order of the branches' channels in ``branch_convs``
 
 # Kinetics RGB statistics of Hara et al.'s 3D-ResNets (110.64, 103.16, 96.29 and 38.76, 37.88, 40.03 / 255)
 KINETICS_MEAN = (0.4339, 0.4046, 0.3776)
@@ -77,13 +86,17 @@ class DynamoNet(nn.Module):
         self.num_classes = 0 if mode == "pretrain" else num_classes
         self.backbone = backbone
         feat = backbone.out_channels
-        kt = 3 if stage_durations(clip_len)[-1] > 1 else 1  # no temporal taps on a single time step
+        kt = 3 if stage_durations(clip_len, backbone.stem_pool)[-1] > 1 else 1  # no temporal taps on a single time step
+        two = mode in ("joint", "no_fp")  # motion + AR branches: their conv layers run together
+        if two:
+            self.branch_convs = conv_pair(feat, head_channels, kt, branches=len(_BRANCHES))
         if mode != "backbone":
-            self.motion = FilterGenerator(feat, clip_len, kernel_size, head_channels, kt)
-        if mode in ("joint", "no_fp"):
-            self.appearance = AppearanceHead(feat, ar_dim, head_channels, kt)
+            self.motion = FilterGenerator(feat, clip_len, kernel_size, head_channels, kt, with_convs=not two)
+        if two:
+            self.appearance = AppearanceHead(feat, ar_dim, head_channels, kt, with_convs=False)
             self.dmr = MotionRepresentation(clip_len, kernel_size, dmr_dim)
             self.classifier = Classifier(ar_dim + dmr_dim, num_classes, dropout)
+            self.register_load_state_dict_pre_hook(_load_per_branch_checkpoint)
         elif mode == "backbone":
             self.classifier = Classifier(feat, num_classes, dropout)
         self.register_buffer("mean", torch.tensor(KINETICS_MEAN).view(1, 3, 1, 1, 1), persistent=False)
@@ -101,12 +114,18 @@ class DynamoNet(nn.Module):
         feats = self.backbone((x - self.mean) / self.std)  # (B, C4, T', H', W')
         if self.mode == "backbone":
             return DynamoOutput(self.classifier(feats.mean(dim=(2, 3, 4))), None, None)
-        filters = self.motion(feats)  # (B, T, s, s)
-        pred = apply_dynamic_filters(x, filters)  # raw [0, 1] frames t → predictions of t+1
         if self.mode == "pretrain":
-            return DynamoOutput(None, pred, filters)
-        rep = torch.cat([self.appearance(feats), self.dmr(filters)], dim=1)  # (B, ar_dim + dmr_dim)
+            filters = self.motion(feats)  # (B, T, s, s)
+            return DynamoOutput(None, apply_dynamic_filters(x, filters), filters)
+        filters, ar = self._branches(feats)
+        pred = apply_dynamic_filters(x, filters)  # raw [0, 1] frames t → predictions of t+1
+        rep = torch.cat([ar, self.dmr(filters)], dim=1)  # (B, ar_dim + dmr_dim)
         return DynamoOutput(self.classifier(rep), pred, filters)
+
+    def _branches(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """joint/no_fp: features → (filters ``(B, T, s, s)``, AR ``(B, ar_dim)``) via the shared convs."""
+        h_motion, h_ar = self.branch_convs(feats).mean(dim=(2, 3, 4)).chunk(len(_BRANCHES), dim=1)
+        return self.motion.from_pooled(h_motion), self.appearance.from_pooled(h_ar)
 
     def extract_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Clip-level ``(AR (B, ar_dim), DMR (B, dmr_dim))`` for video-level fusion (STFN).
@@ -117,8 +136,8 @@ class DynamoNet(nn.Module):
         if self.mode not in ("joint", "no_fp"):
             raise ValueError(f"mode: extract_features needs the AR/DMR heads (joint or no_fp), model is {self.mode!r}")
         self._check_input(x)
-        feats = self.backbone((x - self.mean) / self.std)
-        return self.appearance(feats), self.dmr(self.motion(feats))
+        filters, ar = self._branches(self.backbone((x - self.mean) / self.std))
+        return ar, self.dmr(filters)
 
     def head_parameter_names(self) -> list[str]:
         """Names of the parameters whose shape depends on ``num_classes`` (empty in ``pretrain``)."""
@@ -136,5 +155,66 @@ class DynamoNet(nn.Module):
         self.classifier.fc = nn.Linear(old.in_features, num_classes, device=old.weight.device, dtype=old.weight.dtype)
         self.num_classes = num_classes
 
+    def adapt_state_dict(self, state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, list[str]], list[str]]:
+        """Translate per-branch head-conv entries to this model's layout (for checkpoint loading).
+
+        A ``joint``/``no_fp`` model stores both branches' conv layers in ``branch_convs.*`` (rows
+        ``[k·c, (k+1)·c)`` = branch k, c = head channels); ``pretrain`` models and older
+        checkpoints have ``motion.convs.*`` / ``appearance.convs.*``. Entries of the other layout
+        are converted: per-branch → merged (a branch missing from ``state`` keeps this model's
+        current values), merged → ``motion.convs.*`` (the motion rows). Tensors whose shapes do
+        not fit are left untouched (they then show up as mismatched / unexpected).
+
+        Returns:
+            ``(state, used, absent)``: the converted mapping; for each converted entry the
+            ``state`` names it came from; the per-branch names a merged entry did not find.
+        """
+        out, used, absent = dict(state), {}, []
+        for key, mine in self.state_dict().items():
+            if key in state:
+                continue
+            if key.startswith("branch_convs."):  # per-branch → merged
+                suffix = key[len("branch_convs."):]
+                merged, found, lacking = mine.detach().clone(), [], []
+                rows = merged.shape[0] // len(_BRANCHES) if merged.dim() else 0
+                for k, branch in enumerate(_BRANCHES):
+                    name, src = f"{branch}.convs.{suffix}", state.get(f"{branch}.convs.{suffix}")
+                    if src is None:
+                        lacking.append(name)
+                    elif merged.dim() == 0:  # BN num_batches_tracked: the first branch's count
+                        merged = src.detach().clone() if not found else merged
+                        found.append(name)
+                    elif tuple(src.shape) == (rows, *merged.shape[1:]):
+                        merged[k * rows : (k + 1) * rows] = src
+                        found.append(name)
+                if found:
+                    out[key], used[key] = merged, found
+                    absent += lacking
+                    for name in found:
+                        del out[name]
+            elif key.startswith("motion.convs."):  # merged → the motion rows
+                name = "branch_convs." + key[len("motion.convs."):]
+                src = state.get(name)
+                if src is not None and (src.dim() == 0 or tuple(src.shape[1:]) == tuple(mine.shape[1:])):
+                    out[key], used[key] = (src if src.dim() == 0 else src[: mine.shape[0]]), [name]
+                    del out[name]
+        return out, used, absent
+
     def extra_repr(self) -> str:
         return f"arch={self.arch!r}, mode={self.mode!r}, clip_len={self.clip_len}, kernel_size={self.kernel_size}"
+
+
+def _load_per_branch_checkpoint(module: DynamoNet, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """``load_state_dict`` pre-hook: a checkpoint with both branches' per-branch conv entries
+    (saved before the merge) is converted in place to ``branch_convs.*``."""
+    local = {k[len(prefix):]: v for k, v in state_dict.items()
+             if k.startswith(tuple(f"{prefix}{b}.convs." for b in _BRANCHES))}
+    if not local:
+        return
+    converted, used, absent = module.adapt_state_dict(local)
+    if absent:  # incomplete: leave it to strict loading to report
+        return
+    for name in local:
+        del state_dict[prefix + name]
+    state_dict.update({prefix + k: v for k, v in converted.items()})
+

@@ -2,7 +2,8 @@
 
 * :class:`AppearanceHead` (AR): two conv layers of 64 filters + BN + ReLU on the last-stage
   features → global average pool → FC ``ar_dim`` → ReLU (same (kt, 3, 3) kernels as the motion
-  branch, see :func:`~dynamonet.models.motion.conv_pair`).
+  branch, see :func:`~dynamonet.models.motion.conv_pair`; in a DynamoNet both branches' conv
+  layers are computed together, ``conv_pair(..., branches=2)``, with separate weights).
 * :class:`MotionRepresentation` (DMR): the T dynamic filters flattened (``T·s·s``) → FC
   ``dmr_dim`` (paper: 512) → ReLU.
 * :class:`Classifier`: dropout → linear on ``concat(AR, DMR)`` (joint / no_fp), or on the
@@ -23,16 +24,25 @@ __all__ = ["AppearanceHead", "Classifier", "MotionRepresentation"]
 
 
 class AppearanceHead(nn.Module):
-    """AR branch: ``(B, C4, T', H', W')`` features → ``(B, ar_dim)``."""
+    """AR branch: ``(B, C4, T', H', W')`` features → ``(B, ar_dim)``.
 
-    def __init__(self, in_channels: int, ar_dim: int, head_channels: int = 64, temporal_kernel: int = 3) -> None:
+    ``with_convs=False``: the conv layers live in a shared ``conv_pair(..., branches=2)``; call
+    :meth:`from_pooled` with this branch's pooled conv features ``(B, head_channels)``.
+    """
+
+    def __init__(self, in_channels: int, ar_dim: int, head_channels: int = 64, temporal_kernel: int = 3,
+                 with_convs: bool = True) -> None:
         super().__init__()
-        self.convs = conv_pair(in_channels, head_channels, temporal_kernel)
+        if with_convs:
+            self.convs = conv_pair(in_channels, head_channels, temporal_kernel)
         self.fc = nn.Linear(head_channels, ar_dim)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        h = self.convs(feats).mean(dim=(2, 3, 4))  # (B, head_channels)
-        return torch.relu(self.fc(h))  # (B, ar_dim)
+        return self.from_pooled(self.convs(feats).mean(dim=(2, 3, 4)))  # (B, head_channels) → (B, ar_dim)
+
+    def from_pooled(self, h: torch.Tensor) -> torch.Tensor:
+        """Pooled conv features ``(B, head_channels)`` → FC → ReLU → ``(B, ar_dim)``."""
+        return torch.relu(self.fc(h))
 
 
 class MotionRepresentation(nn.Module):

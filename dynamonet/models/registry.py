@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import MODES
+from ..config import MODES, Config
 from .backbones import ResNet3D
 from .dynamonet import DynamoNet
 
@@ -36,7 +36,7 @@ def register_model(fn: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, A
 def _spec(block: str, layers: tuple[int, ...], widths: tuple[int, ...], shortcut: str, cardinality: int = 1,
           stc: bool = False, stem_width: int = 64) -> dict[str, Any]:
     return {"block": block, "layers": layers, "widths": widths, "shortcut": shortcut, "cardinality": cardinality,
-            "stc_reduction": 16 if stc else 0, "stem_width": stem_width}
+            "stc_reduction": 16 if stc else 0, "stem_width": stem_width, "stem_pool": True}
 
 
 @register_model
@@ -120,7 +120,7 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-_BACKBONE_KEYS = ("layers", "cardinality", "stc_reduction", "stem_width")
+_BACKBONE_KEYS = ("layers", "cardinality", "stc_reduction", "stem_width", "stem_pool")
 
 
 def _is_unset(value: Any) -> bool:
@@ -168,7 +168,8 @@ def build_model(name: str, *, mode: str = "joint", num_classes: int | None = 400
         dmr_dim, ar_dim, head_channels, dropout: head sizes (paper §4.1) and classifier dropout.
         shortcut: ``"A"`` / ``"B"``; ``None`` or ``""`` = the architecture's default.
         widths: four per-stage widths; ``None`` or ``[]`` = default (the stem scales with them).
-        **kw: backbone extras ``layers``, ``cardinality``, ``stc_reduction``, ``stem_width``.
+        **kw: backbone extras ``layers``, ``cardinality``, ``stc_reduction``, ``stem_width``,
+            ``stem_pool`` (False = no stem max-pool, Hara's ``--no_max_pool``).
 
     ``None`` values mean "the default", so ``build_model(n, **vars(args))`` never overrides defaults.
 
@@ -193,8 +194,17 @@ def build_model(name: str, *, mode: str = "joint", num_classes: int | None = 400
     _check(0.0 <= args["dropout"] < 1.0, "dropout", f"must be in [0, 1), got {args['dropout']}")
     spec = _resolve_spec(name, shortcut, widths, kw)
     backbone = ResNet3D(spec["block"], spec["layers"], spec["widths"], spec["stem_width"], spec["shortcut"],
-                        spec["cardinality"], spec["stc_reduction"], args["clip_len"])
+                        spec["cardinality"], spec["stc_reduction"], args["clip_len"], stem_pool=bool(spec["stem_pool"]))
     return DynamoNet(backbone, mode=mode, arch=name, **args)
+
+
+def build_model_from_config(cfg: Config, num_classes: int) -> DynamoNet:
+    """The DynamoNet of ``cfg.model`` for clips of ``cfg.data.clip_len`` frames (training, eval, benches)."""
+    m = cfg.model
+    return build_model(m.arch, mode=m.mode, num_classes=num_classes, clip_len=cfg.data.clip_len,
+                       kernel_size=m.kernel_size, dmr_dim=m.dmr_dim, ar_dim=m.ar_dim,
+                       head_channels=m.head_channels, dropout=m.dropout, shortcut=m.shortcut or None,
+                       widths=list(m.widths) or None, stem_pool=m.stem_pool)
 
 
 @dataclass
@@ -202,9 +212,11 @@ class LoadReport:
     """What :func:`load_matching_weights` did.
 
     Attributes:
-        loaded: names copied from the checkpoint.
+        loaded: checkpoint names copied into the model.
         shape_mismatch: ``(name, checkpoint shape, model shape)`` left as initialised.
-        missing: model entries absent from the checkpoint (left as initialised).
+        missing: model entries absent from the checkpoint (left as initialised); for the merged
+            head convs of a joint model loaded from per-branch entries (e.g. a ``pretrain``
+            checkpoint), the per-branch names that were absent (``appearance.convs.*``).
         unexpected: checkpoint entries the model does not have.
         reinitialized_head: classifier parameters left freshly initialised (class count differs).
     """
@@ -258,6 +270,10 @@ def load_matching_weights(model: nn.Module, state_dict: Mapping[str, Any]) -> Lo
             state_dict = state_dict[key]
             break
     source = {_strip(k): v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
+    used: dict[str, list[str]] = {}
+    absent: list[str] = []
+    if isinstance(model, DynamoNet):  # per-branch ↔ merged head convs (see DynamoNet.adapt_state_dict)
+        source, used, absent = model.adapt_state_dict(source)
     own = model.state_dict()
     head = set(model.head_parameter_names()) if hasattr(model, "head_parameter_names") else set()
     report, to_load = LoadReport(), {}
@@ -270,7 +286,7 @@ def load_matching_weights(model: nn.Module, state_dict: Mapping[str, Any]) -> Lo
                 report.reinitialized_head.append(name)
         else:
             to_load[name] = tensor
-    report.missing = [n for n in own if n not in source]
+    report.missing = [n for n in own if n not in source] + absent
     model.load_state_dict(to_load, strict=False)
-    report.loaded = sorted(to_load)
+    report.loaded = sorted(name for key in to_load for name in used.get(key, [key]))
     return report

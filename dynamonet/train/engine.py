@@ -44,6 +44,12 @@ class Batch:
     video_index: torch.Tensor  # (B,) int64
 
 
+def fp_weight(cfg: Config) -> float:
+    """α of the run: ``loss.alpha``, or 0 in ``no_fp`` (the §4.5 ablation keeps the filters and the DMR
+    but trains without the frame-prediction loss; the FP term is still computed and reported)."""
+    return 0.0 if cfg.model.mode == "no_fp" else cfg.loss.alpha
+
+
 def prepare_batch(batch: dict[str, torch.Tensor], device: torch.device, channels_last: bool = False) -> Batch:
     """Move a uint8 batch to ``device`` and convert it there (see module docstring)."""
     clip = batch["clip"].to(device, non_blocking=True)  # (B, T+1, H, W, 3) uint8
@@ -86,6 +92,13 @@ def autocast_context(device: torch.device, amp_dtype: torch.dtype | None) -> Any
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
+def format_duration(seconds: float) -> str:
+    """``H:MM:SS`` with unbounded hours (``27:03:09``, not wrapped at a day); negatives are 0."""
+    total = int(max(0.0, seconds) + 0.5) if math.isfinite(seconds) else 0
+    hours, rest = divmod(total, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
 @dataclass
 class Progress:
     """Rank-0 progress lines with throughput and ETA for the whole run."""
@@ -103,7 +116,7 @@ class Progress:
         elapsed = time.perf_counter() - self.started
         per_step = elapsed / max(step, 1)
         remaining = (self.steps_per_epoch - step) + (self.epochs - self.epoch - 1) * self.steps_per_epoch
-        eta = time.strftime("%H:%M:%S", time.gmtime(max(0.0, remaining * per_step)))
+        eta = format_duration(remaining * per_step)
         emit(f"[{self.prefix}] epoch {self.epoch + 1}/{self.epochs} step {step}/{self.steps_per_epoch} "
              f"{extra} {clips / max(elapsed, 1e-9):.1f} clips/s data-wait {100 * data_wait / max(elapsed, 1e-9):.0f}% "
              f"eta {eta}")
@@ -129,8 +142,9 @@ def train_one_epoch(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]
         with autocast_context(device, amp_dtype):
             out = model(b.x)
         out = type(out)(*(t.float() if t is not None else None for t in out))
-        terms = compute_losses(out, b.target, b.labels, alpha=cfg.loss.alpha, beta=cfg.loss.beta,
-                               delta=cfg.loss.huber_delta, weight=b.weight)
+        terms = compute_losses(out, b.target, b.labels, alpha=fp_weight(cfg), beta=cfg.loss.beta,
+                               delta=cfg.loss.huber_delta, weight=b.weight,
+                               fp_reduction=cfg.loss.fp_reduction)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(terms.total).backward()
         if cfg.optim.grad_clip > 0:
@@ -186,8 +200,9 @@ def validate(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], cfg: 
         with autocast_context(device, amp_dtype):
             out = model(b.x)
         out = type(out)(*(t.float() if t is not None else None for t in out))
-        terms = compute_losses(out, b.target, b.labels, alpha=cfg.loss.alpha, beta=cfg.loss.beta,
-                               delta=cfg.loss.huber_delta, weight=b.weight)
+        terms = compute_losses(out, b.target, b.labels, alpha=fp_weight(cfg), beta=cfg.loss.beta,
+                               delta=cfg.loss.huber_delta, weight=b.weight,
+                               fp_reduction=cfg.loss.fp_reduction)
         n = float(b.weight.sum())
         valid = b.weight > 0
         vals = [terms.total.item() * n, terms.fp.item() * n, terms.ce.item() * n, n, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,

@@ -90,7 +90,11 @@ def quiet_data_context() -> None:
 
 
 def resolve_run(cfg: Config) -> tuple[Config, str, str]:
-    """Pick the run name and check the resume rules; returns (cfg, storage_path, run_uri)."""
+    """Pick the run name and check the resume rules; returns (cfg, storage_path, run_uri).
+
+    Nothing is written here: :func:`save_run_config` records the config once the dataset checks
+    passed, so a run refused for its data leaves no directory behind.
+    """
     fs, base = storage.open_fs(cfg.run.storage_path, cfg.data.s3_endpoint)
     storage_path = cfg.run.storage_path if storage.is_remote(cfg.run.storage_path) else base
     name = cfg.run.name
@@ -111,8 +115,13 @@ def resolve_run(cfg: Config) -> tuple[Config, str, str]:
                              "choose another --name, or pass --force to resume it with this config")
     elif cfg.run.resume:
         raise ValueError(f"run.resume: no run named {name!r} under {cfg.run.storage_path}")
-    storage.write_bytes(fs, cfg_path, yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
     return cfg, storage_path, storage_path.rstrip("/") + "/" + name
+
+
+def save_run_config(cfg: Config, run_uri: str) -> None:
+    """Write ``<run>/dynamonet_config.yaml`` (checked by :func:`resolve_run` when the run resumes)."""
+    fs, run_path = storage.open_fs(run_uri, cfg.data.s3_endpoint)
+    storage.write_bytes(fs, posixpath.join(run_path, CONFIG_FILE), yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -153,6 +162,7 @@ def prepare_run(cfg: Config, *, build_datasets: bool = True) -> RunSpec:
         spec.init_state = _init_state(cfg, num_classes)
     if build_datasets:
         _build_datasets(spec, manifest)
+    save_run_config(cfg, run_uri)  # only now: a run refused above leaves no directory behind
     return spec
 
 
@@ -166,7 +176,7 @@ def check_model(cfg: Config) -> None:
     """Build the model once on the driver (on the meta device: no memory) so bad settings fail here."""
     import torch
 
-    from dynamonet.train.worker import build_model_from_config
+    from dynamonet.models import build_model_from_config
 
     try:
         with torch.device("meta"):
@@ -191,9 +201,8 @@ def _init_state(cfg: Config, num_classes: int) -> Any:
     """Load matching weights from ``run.init_from`` on the driver, print the report, ray.put them."""
     import ray
 
-    from dynamonet.models import load_matching_weights
+    from dynamonet.models import build_model_from_config, load_matching_weights
     from dynamonet.train.checkpoint import load_checkpoint
-    from dynamonet.train.worker import build_model_from_config
 
     state = load_checkpoint(cfg.run.init_from, cfg.data.s3_endpoint)
     model = build_model_from_config(cfg, num_classes)

@@ -24,7 +24,7 @@ import ray.train.torch
 import torch
 
 from dynamonet.config import Config
-from dynamonet.models import build_model
+from dynamonet.models import build_model_from_config
 from dynamonet.train.checkpoint import CHECKPOINT_FILE, save_checkpoint
 from dynamonet.train.engine import Progress, emit, train_one_epoch, validate
 from dynamonet.train.optim import LRSchedule, build_optimizer, scaled_lr
@@ -37,15 +37,6 @@ def amp_dtype_for(cfg: Config, device: torch.device) -> torch.dtype | None:
     if cfg.train.amp == "bf16" or (cfg.train.amp == "auto" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16
     return torch.float16
-
-
-def build_model_from_config(cfg: Config, num_classes: int) -> torch.nn.Module:
-    """The DynamoNet of ``cfg.model`` for clips of ``cfg.data.clip_len`` frames."""
-    m = cfg.model
-    return build_model(m.arch, mode=m.mode, num_classes=num_classes, clip_len=cfg.data.clip_len,
-                       kernel_size=m.kernel_size, dmr_dim=m.dmr_dim, ar_dim=m.ar_dim,
-                       head_channels=m.head_channels, dropout=m.dropout, shortcut=m.shortcut or None,
-                       widths=list(m.widths) or None)
 
 
 def _threads(cfg: Config, local_world: int) -> int:
