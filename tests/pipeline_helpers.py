@@ -73,9 +73,13 @@ def start_head(num_cpus: int = 8, timeout: float = 120.0) -> RayHead:
             fh.write(secrets.token_hex(32))
         env["RAY_AUTH_TOKEN_PATH"] = token_path
     gcs, dash = free_port(), free_port()
+    # Free ports for the node's agents too: the defaults (e.g. the job agent's 52365) are taken when
+    # another Ray instance of the test session (ray_local) is up, and then no job can be submitted.
+    agents = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+              f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
     cmd = ["ray", "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dash}",
            "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
-           "--include-dashboard=true", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
+           "--include-dashboard=true", f"--temp-dir={temp_dir}", "--disable-usage-stats", *agents]
     proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     head = RayHead(proc=proc, address=f"127.0.0.1:{gcs}", dashboard=f"http://127.0.0.1:{dash}", temp_dir=temp_dir,

@@ -93,3 +93,12 @@ def test_help_documents_every_key():
     for key in ("--model.kernel_size", "--loss.alpha", "--data.clips_per_video", "--run.max_failures"):
         assert key in text
     assert "Huber threshold" in text
+
+
+def test_unsupported_url_scheme_is_an_error_not_a_local_path():
+    from dynamonet.storage import open_fs
+
+    with pytest.raises(ValueError, match=r"gs://b/runs: unsupported URL scheme gs://"):
+        open_fs("gs://b/runs")
+    fs, path = open_fs("file:///tmp/x")
+    assert path == "/tmp/x"

@@ -154,6 +154,10 @@ def resolve_filesystem(uri: str, endpoint: str = "", **s3_kw: Any) -> tuple[pafs
         if not endpoint and "endpoint_override" in query:
             endpoint = f"{query.get('scheme', 'https')}://{query['endpoint_override']}"
         return s3_filesystem(endpoint, **s3_kw), uri_path(uri)
+    scheme = urlparse(uri).scheme
+    if "://" in uri and scheme != "file":
+        raise ValueError(f"{uri}: unsupported URL scheme {scheme}://; use a local path or s3://bucket/prefix "
+                         "(GCS and other stores through their S3-compatible endpoint, see docs/cluster.md)")
     return pafs.LocalFileSystem(), uri_path(uri)
 
 
