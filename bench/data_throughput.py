@@ -7,7 +7,8 @@ On the same UCF101-like source videos (320x240 MPEG-4 AVI, 25 fps, long GOP), in
   (a) raw decord: a single process decoding exactly the frames of each clip from the canonical
       shard bytes (open + one contiguous get_batch), no augmentation, no transport: the limit;
   (b) the Ray Data stream of build_clip_dataset from S3 on loopback (moto in its own process),
-      decoder actor pool + crops + flips, consumed as batches by the driver like a Train worker;
+      decoder task pool (data.decode_pool, default tasks; --decode-pool actors) + crops + flips,
+      consumed as batches by the driver like a Train worker;
   (c) a torch DataLoader baseline of the kind PySlowFast/MMAction2 users run: decord on the
       original AVI per item, resize short side 128 + random 112 crop + flip in the worker.
 
@@ -202,13 +203,14 @@ def raw_decord(rows: list[dict], clips_per_video: int, seed: int) -> dict[str, f
     return {"clips_per_s": clips / wall, "cores": cpu / wall, "clips": clips}
 
 
-def ray_stream(root: str, endpoint: str, clips_per_video: int, actors: int, exclude: frozenset[int]
-               ) -> dict[str, float]:
+def ray_stream(root: str, endpoint: str, clips_per_video: int, actors: int, exclude: frozenset[int],
+               pool: str = "tasks") -> dict[str, float]:
     """(b) one epoch of build_clip_dataset from S3, consumed in batches of 32 by the driver."""
     from dynamonet.data import build_clip_dataset
 
     cfg = DataConfig(root=root, s3_endpoint=endpoint, clip_len=T, crop_size=CROP, resize_short=122,
-                     clips_per_video=clips_per_video, decode_actors=actors, decode_cpus=1.0, val_split="")
+                     clips_per_video=clips_per_video, decode_actors=actors, decode_cpus=1.0, val_split="",
+                     decode_pool=pool)
     ds, info = build_clip_dataset(cfg, "train", training=True, seed=0)
     clips, first = 0, None
     with Meter(exclude) as m:
@@ -332,7 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate-clips", type=int, default=1024,
                    help="clips measured for (a) and (c), which have no per-epoch start-up (steady rates)")
     p.add_argument("--repeats", type=int, default=3, help="measurements of each path (interleaved)")
-    p.add_argument("--actors", type=int, default=os.cpu_count() or 1, help="(b) decoder actors, 1 CPU each")
+    p.add_argument("--actors", type=int, default=os.cpu_count() or 1, help="(b) decoders at once, 1 CPU each")
+    p.add_argument("--decode-pool", choices=("tasks", "actors"), default="tasks",
+                   help="(b) data.decode_pool: Ray Data task pool (the default) or actor pool")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="(c) DataLoader workers")
     return p
 
@@ -375,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
             a, b, c = [], [], []
             for r in range(args.repeats):
                 a.append(raw_decord(rows[:args.rate_clips], args.clips_per_video, seed=r))
-                b.append(ray_stream(root, endpoint, args.clips_per_video, args.actors, frozenset({moto.pid})))
+                b.append(ray_stream(root, endpoint, args.clips_per_video, args.actors, frozenset({moto.pid}),
+                                    args.decode_pool))
                 c.append(dataloader_baseline(src, args.rate_clips // args.videos, args.workers))
             first_avi = str(sorted(Path(src).rglob("*.avi"))[0])
             cost = {"canonical_h264_128px_gop16": decode_cost(rows[0]["video"], 40, 0),

@@ -186,6 +186,7 @@ def run_sweep(space: SweepSpace, base: Config, *, resume: bool = False, force: b
     sweep_uri = base.run.storage_path.rstrip("/") + "/" + space.name if storage.is_remote(base.run.storage_path) \
         else os.path.join(root, space.name)
     space_file = os.path.join(root, space.name, "sweep_space.yaml")
+    storage_root = base.run.storage_path if storage.is_remote(base.run.storage_path) else root  # Tune: absolute
     stored = storage.read_bytes(fs, space_file).decode() if storage.exists(fs, space_file) else None
     current = yaml.safe_dump({"space": space.__dict__, "base": base.fingerprint()}, sort_keys=True)
     # the trainer's workers hold the real resources; the base config travels once, not per trial
@@ -206,7 +207,7 @@ def run_sweep(space: SweepSpace, base: Config, *, resume: bool = False, force: b
                                                        num_samples=space.num_samples,
                                                        max_concurrent_trials=space.max_concurrent,
                                                        scheduler=_scheduler(space, base, grace_period)),
-                           run_config=tune.RunConfig(name=space.name, storage_path=base.run.storage_path,
+                           run_config=tune.RunConfig(name=space.name, storage_path=storage_root,
                                                      storage_filesystem=None if not storage.is_remote(sweep_uri) else fs))
     grid = tuner.fit()
     summary = write_reports(grid, space, base, sweep_uri, base.data.s3_endpoint)
