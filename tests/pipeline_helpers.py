@@ -110,7 +110,7 @@ def small_settings(cache_dir: str, storage: str, epochs: int = 3) -> list[str]:
         "data.synthetic.num_frames": 12, "data.synthetic.size": 32,
         "data.clip_len": 8, "data.crop_size": 24, "data.resize_short": 32, "data.batch_size": 16,
         "data.clips_per_video": 4, "data.decode_actors": 1, "data.decode_cpus": 0.5,
-        "model.dmr_dim": 64, "model.ar_dim": 32, "model.head_channels": 16, "model.dropout": 0.0,
+        "loss.alpha": 0.1, "model.dmr_dim": 64, "model.ar_dim": 32, "model.head_channels": 16, "model.dropout": 0.0,
         "optim.warmup_epochs": 0, "optim.schedule": "constant", "optim.lr": 0.4,
         "train.epochs": epochs, "train.log_every": 1, "run.storage_path": storage,
     }
