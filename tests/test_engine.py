@@ -137,3 +137,11 @@ def test_no_fp_ablation_trains_without_the_fp_term():
                                           (-5, "0:00:00"), (math.inf, "0:00:00")])
 def test_eta_hours_do_not_wrap_at_a_day(seconds, text):
     assert format_duration(seconds) == text
+
+
+def test_done_line_marks_metrics_a_mode_does_not_have():
+    from dynamonet.train.ray_train import final_line
+
+    line = final_line({"run": "r", "wall_time_s": 12.34,
+                       "metrics": {"epoch": 3, "val/top1": 0.5, "val/top5": 1.0}})  # backbone: no FP metrics
+    assert line == "DONE run=r epochs=3 val_top1=0.5000 val_top5=1.0000 fp_ssim=n/a copy_last_ssim=n/a wall_time=12.3s"

@@ -329,7 +329,7 @@ def final_line(result: dict[str, Any]) -> str:
 
     def g(k: str) -> str:
         v = m.get(k)
-        return f"{v:.4f}" if isinstance(v, float) else "nan"
+        return f"{v:.4f}" if isinstance(v, float) else "n/a"  # e.g. fp_ssim of a backbone run (no frame prediction)
 
     return (f"DONE run={result['run']} epochs={m.get('epoch', 0)} val_top1={g('val/top1')} val_top5={g('val/top5')} "
             f"fp_ssim={g('val/fp_ssim')} copy_last_ssim={g('val/copy_last_ssim')} "
