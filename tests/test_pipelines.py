@@ -115,7 +115,7 @@ def test_driver_stopped_and_started_again_resumes(ray_head, dirs):
 def test_pretrain_then_joint_init_from(ray_head, dirs):
     p = run(pipeline("pretrain.py", *settings(dirs, 2), "--name", "pre"), ray_head.client_env())
     assert p.returncode == 0
-    assert "DONE run=pre epochs=2" in p.stdout and "val_top1=nan" in p.stdout
+    assert "DONE run=pre epochs=2" in p.stdout and "val_top1=n/a" in p.stdout
     state = torch.load(dirs["runs"] / "pre" / "checkpoint_epoch0002" / "checkpoint.pt", weights_only=True)
     assert state["config"]["model"]["mode"] == "pretrain"
     q = run(pipeline("train_joint.py", *settings(dirs, 1), "--name", "ft", "--init-from", str(dirs["runs"] / "pre")),
