@@ -62,20 +62,22 @@ def test_train_joint_end_to_end(trained):
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def _kill_a_worker(ray_head) -> int:
-    workers = ray_head.processes("RayTrainWorker")
-    assert workers, "no RayTrainWorker process found"
-    victim = workers[-1]
-    victim.send_signal(signal.SIGKILL)
-    return victim.pid
+def _kill_a_worker(ray_head, line: str) -> int:
+    """SIGKILL the Train worker that printed ``line`` (rank 0 of the running epoch); it must be a
+    process of this cluster. Picking by name alone could hit a worker process of an earlier run."""
+    pid = int(re.search(r"RayTrainWorker pid=(\d+)", line).group(1))
+    victims = [p for p in ray_head.processes("RayTrainWorker") if p.pid == pid]
+    assert victims, f"RayTrainWorker pid={pid} is not a live process of the cluster"
+    victims[0].send_signal(signal.SIGKILL)
+    return pid
 
 
 def test_worker_killed_mid_epoch_resumes_from_last_checkpoint(ray_head, dirs):
     proc = popen(pipeline("train_joint.py", *settings(dirs, 4), "--name", "fault"), ray_head.client_env())
     out = LineReader(proc)
     try:
-        out.wait_for("epoch 2/4 step 2/", timeout=300)  # epoch 1 is checkpointed, epoch 2 is running
-        _kill_a_worker(ray_head)
+        line = out.wait_for("epoch 2/4 step 2/", timeout=300)  # epoch 1 is checkpointed, epoch 2 is running
+        _kill_a_worker(ray_head, line)
         rc = out.finish(timeout=400)
     finally:
         if proc.poll() is None:
@@ -105,7 +107,7 @@ def test_driver_stopped_and_started_again_resumes(ray_head, dirs):
     assert f"resuming 'restart' from epoch {done_before[-1]}" in p.stdout
     assert checkpoint_epochs(run_dir) == [1, 2, 3]
     # a different config under the same name is refused before any worker starts
-    q = run(pipeline("train_joint.py", *settings(dirs, 3), "--name", "restart", "--alpha", "0.5"),
+    q = run(pipeline("train_joint.py", *settings(dirs, 3), "--name", "restart", "--set", "loss.alpha=0.5"),
             ray_head.client_env())
     assert q.returncode == 2
     assert q.stderr.strip().startswith("error: run.name: run 'restart' already exists with a different config")
