@@ -94,6 +94,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, float]:
         if rank == 0:
             emit(f"[train] resumed from checkpoint at epoch {start_epoch}")
 
+    resumed_from = start_epoch  # recorded in every later report and checkpoint (result.json too)
     train_shard = ray.train.get_dataset_shard("train")  # RAY
     val_shard = ray.train.get_dataset_shard("val") if cfg.data.val_split else None  # RAY
     batch_kw = {"batch_size": cfg.data.batch_size, "device": device, "drop_last": False, "prefetch_batches": 2}
@@ -115,6 +116,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, float]:
             metrics.update(res.metrics)
             schedule.epoch_end(res.metrics.get("val/loss"))
         metrics["epoch"] = epoch + 1
+        metrics["run/resumed_from_epoch"] = float(resumed_from)  # 0 = this worker group started fresh
         if rank == 0:
             emit("[train] " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()
                                        if isinstance(v, float) and math.isfinite(v)))
