@@ -183,10 +183,9 @@ def run_sweep(space: SweepSpace, base: Config, *, resume: bool = False, force: b
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     init_ray(base)
     fs, root = storage.open_fs(base.run.storage_path, base.data.s3_endpoint)
-    sweep_uri = base.run.storage_path.rstrip("/") + "/" + space.name if storage.is_remote(base.run.storage_path) \
-        else os.path.join(root, space.name)
-    space_file = os.path.join(root, space.name, "sweep_space.yaml")
     storage_root = base.run.storage_path if storage.is_remote(base.run.storage_path) else root  # Tune: absolute
+    sweep_uri = _join(storage_root, space.name)
+    space_file = os.path.join(root, space.name, "sweep_space.yaml")
     stored = storage.read_bytes(fs, space_file).decode() if storage.exists(fs, space_file) else None
     current = yaml.safe_dump({"space": space.__dict__, "base": base.fingerprint()}, sort_keys=True)
     # the trainer's workers hold the real resources; the base config travels once, not per trial
