@@ -64,8 +64,11 @@ def consume_split(ds, n, epochs):
     return got
 
 
-def test_training_epochs_two_consumers_exactly_k(position_dataset):
-    cfg = config(position_dataset)
+@pytest.mark.parametrize("pool, part_bytes", [("tasks", None), ("actors", 50_000)], ids=["tasks", "actors-parts"])
+def test_training_epochs_two_consumers_exactly_k(position_dataset, monkeypatch, pool, part_bytes):
+    if part_bytes:  # 3 clips of 15 KB per video: one video per decoder output block
+        monkeypatch.setattr("dynamonet.data.dataset.TARGET_BATCH_BYTES", part_bytes)
+    cfg = config(position_dataset, decode_pool=pool)
     ds, info = build_clip_dataset(cfg, "train", training=True, num_consumers=2, seed=3)
     assert (info.num_videos, info.num_clips, info.num_padding, info.clip_shape) == (5, 15, 1, (5, 32, 32, 3))
     epochs = consume_split(ds, 2, epochs=2)

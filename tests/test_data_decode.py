@@ -121,3 +121,22 @@ def test_widths_decord_pads_are_read_stepwise(width):
     assert set(out["status"]) == {STATUS_OK}
     assert list(frame_index(out["clip"][1])) == [3, 4, 5, 6]
     assert crop_center(out["clip"][0])[2] is False
+
+
+def test_decoding_runs_torch_single_threaded_and_restores_the_setting(row, monkeypatch):
+    import torch
+
+    from dynamonet.data import decode as decode_mod
+
+    seen = []
+    real_crop = decode_mod.crop_into
+    monkeypatch.setattr(decode_mod, "crop_into", lambda *a: (seen.append(torch.get_num_threads()), real_crop(*a)))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = decoder(training=True)(batch_of(row))
+        assert seen and set(seen) == {1}                     # every crop/flip ran on one intra-op thread
+        assert torch.get_num_threads() == 2                  # and the process's setting is back
+        assert (out["status"] == STATUS_OK).all()
+    finally:
+        torch.set_num_threads(previous)

@@ -4,7 +4,10 @@
         │
     read_parquet(shards, filesystem=RetryingS3FileSystem | local)     video rows, projected columns
         │   training: file order reshuffled every epoch (FileShuffleConfig, reseeded per execution)
-    map_batches(ClipDecoder, ActorPoolStrategy(decode_actors), num_cpus=decode_cpus)
+    map_batches(decode, TaskPoolStrategy | ActorPoolStrategy(decode_actors), num_cpus=decode_cpus)
+        │   fused with the read (one task reads a shard and decodes it), whole read blocks in,
+        │   one output block per ≤ 128 MB of clips (a shard's clips are one contiguous block,
+        │   so consumer batches are zero-copy slices of it)
         │   K random windows per video (training) | every non-overlapping window (eval)
     union(padding rows)                  status=1 rows so that rows % num_consumers == 0
         ▼
@@ -25,6 +28,7 @@ decodes the row, reproducible for a given seed.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,7 +55,7 @@ from dynamonet.data.shards import (
 )
 from dynamonet.data.synthetic import ensure_synthetic_dataset
 
-TARGET_BATCH_BYTES = 32 << 20     # decoded clip bytes per map_batches call (bounded memory per actor)
+TARGET_BATCH_BYTES = 128 << 20    # decoded clip bytes per decoder output (Ray Data's default target block size)
 _NETWORK_ERRORS = ("NETWORK_CONNECTION", "curlCode", "Timeout", "timed out", "Could not connect", "resolve host")
 
 
@@ -131,17 +135,31 @@ def _execution_epoch() -> int:
     return int(epoch)
 
 
+def _decode_in_parts(decode: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], batch: dict[str, np.ndarray],
+                     videos_per_part: int) -> Iterator[dict[str, np.ndarray]]:
+    """Decode a read block (a shard's rows) ``videos_per_part`` videos at a time, yielding each
+    part's clip rows: memory stays bounded, and a part is one contiguous output block."""
+    n = len(batch["video_index"])
+    for lo in range(0, n, videos_per_part):
+        yield decode({k: v[lo:lo + videos_per_part] for k, v in batch.items()})
+
+
 class _RayClipDecoder(ClipDecoder):
     """ClipDecoder for an actor pool; learns the epoch when the pool starts (once per execution)."""
 
-    def __init__(self, **kwargs: object) -> None:
+    def __init__(self, videos_per_part: int, **kwargs: object) -> None:
         super().__init__(epoch=_execution_epoch(), **kwargs)
+        self.videos_per_part = videos_per_part
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:  # type: ignore[override]
+        yield from _decode_in_parts(super().__call__, batch, self.videos_per_part)
 
 
-def _decode_task(batch: dict[str, np.ndarray], **kwargs: object) -> dict[str, np.ndarray]:
-    """The task-pool form: a ClipDecoder is a few attributes, so building one per batch is free, and
+def _decode_task(batch: dict[str, np.ndarray], videos_per_part: int, **kwargs: object
+                 ) -> Iterator[dict[str, np.ndarray]]:
+    """The task-pool form: a ClipDecoder is a few attributes, so building one per block is free, and
     the worker processes (decord loaded) stay warm from one epoch to the next."""
-    return ClipDecoder(epoch=_execution_epoch(), **kwargs)(batch)
+    yield from _decode_in_parts(ClipDecoder(epoch=_execution_epoch(), **kwargs), batch, videos_per_part)
 
 
 def _padding_rows(batch: dict[str, np.ndarray], clip_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
@@ -153,32 +171,32 @@ def _padding_rows(batch: dict[str, np.ndarray], clip_shape: tuple[int, ...]) -> 
 
 
 def _read_shards(paths: list[str], fs: pafs.FileSystem, shuffle: FileShuffleConfig | None,
-                 resources: dict | None = None) -> ray.data.Dataset:
+                 resources: dict | None = None, concurrency: int | None = None,
+                 num_cpus: float | None = None) -> ray.data.Dataset:
     """read_parquet through the V1 Parquet datasource, one block per shard file.
 
     Ray 2.60's default V2 datasource (ListFiles → ReadFilesParquetV2) took 5-10 s per execution
     to read a few small local shards here (V1: 0.3 s), and every epoch re-executes the read. The
     switch is scoped to this call; the plan is fixed when the read is created. ``resources``
-    (``data.decode_resources``) places the reads where the decoders run, off the GPU nodes.
+    (``data.decode_resources``) places the reads where the decoders run, off the GPU nodes;
+    ``concurrency`` and ``num_cpus`` equal to the decoders' let Ray Data fuse the read into them.
     """
     ctx = ray.data.DataContext.get_current()
     previous = getattr(ctx, "use_datasource_v2", False)
     ctx.use_datasource_v2 = False
     try:
         return ray.data.read_parquet(paths, filesystem=fs, columns=list(INPUT_COLUMNS), shuffle=shuffle,
-                                     override_num_blocks=len(paths),
+                                     override_num_blocks=len(paths), concurrency=concurrency, num_cpus=num_cpus,
                                      ray_remote_args={"resources": resources} if resources else None)
     finally:
         ctx.use_datasource_v2 = previous
 
 
-def _decode_batch_size(clip_shape: tuple[int, ...], rows_per_video: float, videos_per_shard: int) -> int:
-    """Videos per decoder call: bounded by the output bytes, and by a shard's rows so that Ray
-    Data hands each read block to a decoder as soon as it arrives (a larger batch would make the
-    actor wait for several shards, and serialise the stream on small datasets)."""
+def _videos_per_part(clip_shape: tuple[int, ...], rows_per_video: float) -> int:
+    """Videos decoded into one output block: their clips take at most ``TARGET_BATCH_BYTES``
+    (a whole shard of the default 64 videos at 17×112×112, K = 1: 41 MB)."""
     clip_bytes = int(np.prod(clip_shape))
-    by_memory = TARGET_BATCH_BYTES // max(1, int(clip_bytes * rows_per_video))
-    return int(np.clip(min(by_memory, videos_per_shard), 1, 64))
+    return max(1, TARGET_BATCH_BYTES // max(1, int(np.ceil(clip_bytes * rows_per_video))))
 
 
 def _num_clips(cfg: DataConfig, split: SplitInfo, training: bool) -> int:
@@ -219,15 +237,17 @@ def build_clip_dataset(cfg: DataConfig, split: str, *, training: bool, num_consu
     hflip = flip_map is not None
     fs, _ = resolve_filesystem(manifest.root, cfg.s3_endpoint, max_attempts=cfg.s3_max_attempts)
     paths = [uri_path(u) for u in manifest.shard_uris(split)]
+    fuse_args = (None, None) if cfg.decode_pool == "actors" else (cfg.decode_actors, cfg.decode_cpus)
     ds = _read_shards(paths, fs, FileShuffleConfig(seed=seed, reseed_after_execution=True) if training else None,
-                      cfg.decode_resources or None)
+                      cfg.decode_resources or None, *fuse_args)
     decoder_kwargs = {"clip_len": cfg.clip_len, "frame_stride": cfg.frame_stride, "crop_size": cfg.crop_size,
                       "resize_short": cfg.resize_short, "training": training,
                       "canonical_short_side": int(manifest.transcode.get("short_side", 0)),
                       "clips_per_video": cfg.clips_per_video, "max_eval_clips": cfg.max_eval_clips, "seed": seed,
                       "hflip": hflip, "hflip_label_map": flip_map}
-    batch_size = _decode_batch_size(clip_shape, num_clips / max(1, info.num_videos), info.num_videos // len(paths))
-    common = {"batch_format": "numpy", "batch_size": batch_size, "num_cpus": cfg.decode_cpus,
+    decoder_kwargs["videos_per_part"] = _videos_per_part(clip_shape, num_clips / max(1, info.num_videos))
+    # batch_size=None: whole read blocks (no re-batching), which is what lets the read fuse in
+    common = {"batch_format": "numpy", "batch_size": None, "num_cpus": cfg.decode_cpus,
               "resources": cfg.decode_resources or None, "zero_copy_batch": True}
     if cfg.decode_pool == "actors":
         ds = ds.map_batches(_RayClipDecoder, fn_constructor_kwargs=decoder_kwargs,

@@ -24,12 +24,15 @@ decord guards:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import zlib
+from collections.abc import Iterator
 
 import decord
 import numpy as np
+import torch
 
 from dynamonet.data.sampling import eval_starts, num_eval_windows, train_starts, window_indices
 from dynamonet.data.transforms import CENTER, crop_into, decode_size, random_crop_params
@@ -72,6 +75,22 @@ def read_frames(reader: decord.VideoReader, indices: np.ndarray, width: int) -> 
     if width in DECORD_PADDED_WIDTHS:
         return _read_stepwise(reader, indices)
     return reader.get_batch(indices.tolist()).asnumpy()
+
+
+@contextlib.contextmanager
+def single_threaded_torch() -> Iterator[None]:
+    """Run the enclosed torch ops (the flips of :func:`crop_into`) on one intra-op thread, and
+    restore the process's setting after. A decoder is single-threaded by design; with a larger
+    OpenMP pool each small parallel region costs more CPU (helper threads spinning between clips)
+    than it saves: measured ≈ 20 ms instead of ≈ 9 ms of CPU per clip with 2 threads."""
+    previous = torch.get_num_threads()
+    if previous != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if previous != 1:
+            torch.set_num_threads(previous)
 
 
 class ClipDecoder:
@@ -144,6 +163,11 @@ class ClipDecoder:
                "label": np.empty(total, dtype=np.int64), "video_id": np.empty(total, dtype=object),
                "video_index": np.empty(total, dtype=np.int64), "clip_index": np.empty(total, dtype=np.int32),
                "status": np.zeros(total, dtype=np.uint8), "start": np.empty(total, dtype=np.int32)}
+        with single_threaded_torch():
+            self._decode_rows(batch, counts, out)
+        return out
+
+    def _decode_rows(self, batch: dict[str, np.ndarray], counts: list[int], out: dict[str, np.ndarray]) -> None:
         j = 0
         for i, count in enumerate(counts):
             row = {k: batch[k][i] for k in INPUT_COLUMNS}
@@ -162,4 +186,3 @@ class ClipDecoder:
             out["video_index"][sl], out["clip_index"][sl] = int(row["video_index"]), np.arange(count)
             out["start"][sl] = starts
             j += count
-        return out
