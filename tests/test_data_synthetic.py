@@ -101,4 +101,25 @@ def test_ensure_synthetic_dataset_is_cached_by_config(tmp_path):
     t0 = time.perf_counter()
     assert ensure_synthetic_dataset(cfg, str(tmp_path)) == root and time.perf_counter() - t0 < 0.5
     other = ensure_synthetic_dataset(SyntheticConfig(**{**cfg.__dict__, "seed": 1}), str(tmp_path))
-    assert other != root and sorted(os.listdir(tmp_path)) == sorted([os.path.basename(root), os.path.basename(other)])
+    built = sorted(n for n in os.listdir(tmp_path) if not n.endswith(".lock"))   # no temp dirs left
+    assert other != root and built == sorted([os.path.basename(root), os.path.basename(other)])
+
+
+def test_concurrent_callers_build_the_synthetic_set_once(tmp_path, monkeypatch):
+    import threading
+
+    from dynamonet.data import synthetic
+
+    calls = []
+    real = synthetic.generate_videos
+    monkeypatch.setattr(synthetic, "generate_videos", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    cfg = SyntheticConfig(num_classes=3, train_per_class=2, val_per_class=1, num_frames=12, size=32, seed=5)
+    roots = []
+    threads = [threading.Thread(target=lambda: roots.append(ensure_synthetic_dataset(cfg, str(tmp_path))))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(roots) == 3 and len(set(roots)) == 1 and len(calls) == 1      # one build, three users
+    assert os.path.exists(os.path.join(roots[0], "manifest.json"))

@@ -22,12 +22,15 @@ the same code as every other source (no resize: short side = ``size``).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
@@ -207,14 +210,40 @@ def ensure_synthetic_dataset(cfg: SyntheticConfig, cache_dir: str = "") -> str:
     """Build (once) and return the shard root of the synthetic dataset described by ``cfg``.
 
     The root is ``<cache_dir>/synthetic-<key>``; a second call with the same config returns at
-    once. Concurrent callers each build in a private temp dir and the first rename wins.
+    once. Concurrent callers (the trials of a sweep on a cold cache) take an exclusive
+    ``flock`` on ``<root>.lock``: one builds, the others wait and then use its result. The build
+    itself goes to a private temp dir renamed into place, so a killed builder leaves nothing
+    half-written (and the kernel releases its lock).
     """
-    from dynamonet.data.ingest import IngestOptions, run_ingest  # ingest imports Ray lazily
-
     cache_dir = os.path.expanduser(cache_dir or os.path.join("~", ".cache", "dynamonet"))
     final = os.path.join(cache_dir, f"synthetic-{dataset_key(cfg)}")
     if os.path.exists(os.path.join(final, MANIFEST_NAME)):
         return final
+    os.makedirs(cache_dir, exist_ok=True)
+    with _exclusive(f"{final}.lock"):
+        if not os.path.exists(os.path.join(final, MANIFEST_NAME)):
+            _build(cfg, final)
+    return final
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_path``; say so when another process holds it."""
+    with open(lock_path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"synthetic dataset: another process is building it, waiting for {lock_path}", flush=True)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _build(cfg: SyntheticConfig, final: str) -> None:
+    from dynamonet.data.ingest import IngestOptions, run_ingest  # ingest imports Ray lazily
+
     work = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
     t0 = time.perf_counter()
     try:
@@ -232,4 +261,3 @@ def ensure_synthetic_dataset(cfg: SyntheticConfig, cache_dir: str = "") -> str:
         shutil.rmtree(work, ignore_errors=True)
     print(f"synthetic dataset: {n} videos ({cfg.num_classes} classes, {cfg.num_frames} frames, {cfg.size}px) "
           f"built in {time.perf_counter() - t0:.1f} s -> {final}", flush=True)
-    return final
