@@ -6,7 +6,7 @@ A run lives at ``<run.storage_path>/<run.name>/``:
     checkpoint_epoch0001/     checkpoint.pt (model, optimiser, schedule, scaler, epoch, config, classes)
     ...
     result.json               final metrics, written by the driver
-    tensorboard/              event files (written on the driver node)
+    tensorboard/              event files (for s3:// runs written on the controller's node, copied here)
     eval/                     confusion matrix and per-class accuracy from evaluate.py
 
 S3 URIs use the endpoint of ``data.s3_endpoint`` / ``AWS_ENDPOINT_URL`` and the standard AWS

@@ -255,12 +255,19 @@ def tensorboard_dir(spec: RunSpec) -> str:
     return os.path.join(spec.run_uri, "tensorboard")
 
 
+def _tensorboard_callback(spec: RunSpec) -> Any:
+    from dynamonet.train.tensorboard import TensorBoardCallback
+
+    if storage.is_remote(spec.run_uri):  # local events on the controller's node, copied to the run
+        return TensorBoardCallback(tensorboard_dir(spec), f"{spec.run_uri}/tensorboard", spec.cfg.data.s3_endpoint)
+    return TensorBoardCallback(tensorboard_dir(spec))
+
+
 def build_trainer(spec: RunSpec, callbacks: list | None = None, name: str | None = None) -> Any:
     """The TorchTrainer of a prepared run (also used by every Tune trial)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from dynamonet.train.tensorboard import TensorBoardCallback
     from dynamonet.train.worker import train_loop_per_worker
 
     cfg = spec.cfg
@@ -283,7 +290,7 @@ def build_trainer(spec: RunSpec, callbacks: list | None = None, name: str | None
             name=name or spec.name, storage_path=storage_path, storage_filesystem=storage_fs,
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
             logging_config=ray.train.LoggingConfig(log_level=os.environ.get("DYNAMONET_TRAIN_LOG_LEVEL", "WARNING")),
-            callbacks=[TensorBoardCallback(tensorboard_dir(spec)), *(callbacks or [])]),
+            callbacks=[_tensorboard_callback(spec), *(callbacks or [])]),
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
         datasets=spec.datasets,
     )
