@@ -230,15 +230,19 @@ def ensure_synthetic_dataset(cfg: SyntheticConfig, cache_dir: str = "") -> str:
 def _exclusive(lock_path: str) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``lock_path``; say so when another process holds it."""
     with open(lock_path, "a") as fh:
+        locked = True
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             print(f"synthetic dataset: another process is building it, waiting for {lock_path}", flush=True)
             fcntl.flock(fh, fcntl.LOCK_EX)
+        except OSError:  # no flock on this filesystem: builders race, and the first rename wins
+            locked = False
         try:
             yield
         finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            if locked:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _build(cfg: SyntheticConfig, final: str) -> None:
