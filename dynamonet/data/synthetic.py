@@ -211,16 +211,16 @@ def ensure_synthetic_dataset(cfg: SyntheticConfig, cache_dir: str = "") -> str:
 
     The root is ``<cache_dir>/synthetic-<key>``; a second call with the same config returns at
     once. Concurrent callers (the trials of a sweep on a cold cache) take an exclusive
-    ``flock`` on ``<root>.lock``: one builds, the others wait and then use its result. The build
-    itself goes to a private temp dir renamed into place, so a killed builder leaves nothing
-    half-written (and the kernel releases its lock).
+    ``flock`` on ``<cache_dir>/.synthetic-<key>.lock``: one builds, the others wait and then use
+    its result. The build itself goes to a private temp dir renamed into place, so a killed
+    builder leaves nothing half-written (and the kernel releases its lock).
     """
     cache_dir = os.path.expanduser(cache_dir or os.path.join("~", ".cache", "dynamonet"))
     final = os.path.join(cache_dir, f"synthetic-{dataset_key(cfg)}")
     if os.path.exists(os.path.join(final, MANIFEST_NAME)):
         return final
     os.makedirs(cache_dir, exist_ok=True)
-    with _exclusive(f"{final}.lock"):
+    with _exclusive(os.path.join(cache_dir, f".{os.path.basename(final)}.lock")):  # hidden: globs see datasets only
         if not os.path.exists(os.path.join(final, MANIFEST_NAME)):
             _build(cfg, final)
     return final
