@@ -5,15 +5,13 @@ from __future__ import annotations
 import glob
 import os
 
-import boto3
-
 from dynamonet.train.tensorboard import TensorBoardCallback
 
 
 def test_events_of_an_s3_run_are_uploaded_after_every_report(tmp_path, s3_server):
     bucket = s3_server.make_bucket("tb")
     cb = TensorBoardCallback(str(tmp_path / "events"), f"{bucket}/runs/r1/tensorboard", s3_server.endpoint)
-    s3 = boto3.client("s3", endpoint_url=s3_server.endpoint, region_name="us-east-1")
+    s3 = s3_server.client()
     name = bucket.removeprefix("s3://")
     for epoch in (1, 2):
         cb.after_report(None, [{"epoch": epoch, "train/loss": 1.0 / epoch, "val/top1": 0.5, "run": "text"}], None)

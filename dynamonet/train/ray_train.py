@@ -256,11 +256,11 @@ def tensorboard_dir(spec: RunSpec) -> str:
 
 
 def _tensorboard_callback(spec: RunSpec) -> Any:
+    """Events in :func:`tensorboard_dir`; for S3 runs also copied to ``<run>/tensorboard`` after each report."""
     from dynamonet.train.tensorboard import TensorBoardCallback
 
-    if storage.is_remote(spec.run_uri):  # local events on the controller's node, copied to the run
-        return TensorBoardCallback(tensorboard_dir(spec), f"{spec.run_uri}/tensorboard", spec.cfg.data.s3_endpoint)
-    return TensorBoardCallback(tensorboard_dir(spec))
+    upload = posixpath.join(spec.run_uri, "tensorboard") if storage.is_remote(spec.run_uri) else ""
+    return TensorBoardCallback(tensorboard_dir(spec), upload, spec.cfg.data.s3_endpoint)
 
 
 def build_trainer(spec: RunSpec, callbacks: list | None = None, name: str | None = None) -> Any:
