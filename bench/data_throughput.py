@@ -161,7 +161,8 @@ def replicate(root: str, factor: int, endpoint: str, videos_per_shard: int = 64)
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from dynamonet.data.shards import SplitInfo, read_manifest, resolve_filesystem, write_bytes_atomic, write_manifest
+    from dynamonet.data.shards import SplitInfo, read_manifest, write_manifest
+    from dynamonet.storage import resolve_filesystem, write_bytes_atomic
 
     m = read_manifest(root, endpoint)
     tables = []

@@ -111,7 +111,12 @@ class DataConfig:
     decode_cpus: float = _f(1.0, "logical CPUs each decoder requests")
     decode_pool: str = _f("tasks", "tasks (warm worker processes, reused across epochs) | actors (an actor "
                                    "pool, restarted every epoch: ~3 s of startup per epoch and split)")
-    decode_resources: dict = _f({}, "extra Ray resources each decoder requests (node placement, e.g. {decode: 0.01})")
+    decode_resources: dict = _f({}, "extra Ray resources each decoder requests (node placement, e.g. {decode: 1}); "
+                                    "empty on a multi-node cluster that offers `decode` = {decode: decode_cpus}")
+    decode_memory_mb: int = _f(768, "memory each decoder declares to Ray's scheduler, in MiB (a shard, one ≤ 128 MB "
+                                    "output block and the decoder itself)")
+    decode_max_retries: int = _f(3, "times a decode task is retried when its worker dies (OOM kill, native crash, "
+                                    "lost node); then the epoch fails with a line naming the shard")
     max_eval_clips: int = _f(0, "cap on evaluation clips per video (0 = every non-overlapping clip)")
     shuffle_buffer: int = _f(0, "local shuffle buffer in clips for training batches (0 = off)")
 
@@ -134,6 +139,9 @@ class DataConfig:
                f"must be tasks or actors, got {self.decode_pool!r}")
         _check(self.max_eval_clips >= 0, "data.max_eval_clips", f"must be >= 0, got {self.max_eval_clips}")
         _check(self.s3_max_attempts >= 1, "data.s3_max_attempts", f"must be >= 1, got {self.s3_max_attempts}")
+        _check(self.decode_memory_mb >= 64, "data.decode_memory_mb", f"must be >= 64, got {self.decode_memory_mb}")
+        _check(self.decode_max_retries >= 0, "data.decode_max_retries",
+               f"must be >= 0, got {self.decode_max_retries}")
 
 
 @dataclass
@@ -206,7 +214,12 @@ class TrainConfig:
 @dataclass
 class RunConfig:
     name: str = _f("", "run name; re-running with the same name resumes it (empty = <recipe>-<time>)")
-    storage_path: str = _f("runs", "where checkpoints and logs go: a local directory or s3://bucket/path")
+    storage_path: str = _f("runs", "where checkpoints and logs go: a local directory or s3://bucket/path; on a "
+                                   "multi-node cluster a relative path is taken under DYNAMONET_STORAGE")
+    keep_checkpoints: int = _f(2, "epoch checkpoints kept in storage (the latest ones; older ones are deleted); "
+                                  "the best by val/top1 is kept besides, as checkpoint_best (0 = keep all)")
+    record_draws: bool = _f(False, "write every training clip's draw (video, clip, window start, crop, flip) to "
+                                   "<run>/draws/epoch_NNNN/ (to check that a resumed run continues the random stream)")
     max_failures: int = _f(2, "restarts from the last checkpoint after a worker failure")
     init_from: str = _f("", "checkpoint to initialise weights from (matching names and shapes are loaded)")
     resume: bool = _f(False, "continue the run named by run.name (or the latest run in storage_path)")
@@ -216,6 +229,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check(self.max_failures >= -1, "run.max_failures", f"must be >= -1, got {self.max_failures}")
+        _check(self.keep_checkpoints >= 0, "run.keep_checkpoints", f"must be >= 0, got {self.keep_checkpoints}")
         _check(bool(self.storage_path), "run.storage_path", "must not be empty")
         _check(self.storage_path != REQUIRED, "run.storage_path",
                "this recipe needs storage every node can reach: pass --storage-path s3://bucket/runs")
@@ -249,13 +263,22 @@ class Config:
     def fingerprint(self) -> dict[str, Any]:
         """The part of the config that must not change when a run resumes.
 
-        Run bookkeeping (name, resume, force, addresses) and the epoch count (extending a run is
-        legitimate) are excluded.
+        Excluded: run bookkeeping (name, resume, force, addresses, retention), the epoch count
+        (extending a run is legitimate), and where and how the work runs, which changes no result
+        (storage endpoint and retries, the cache, decoder and worker placement and sizes).
         """
         d = self.to_dict()
         d.pop("run")
-        d["train"] = {k: v for k, v in d["train"].items() if k not in ("epochs", "log_every")}
+        d["train"] = {k: v for k, v in d["train"].items() if k not in _PLACEMENT_KEYS["train"]}
+        d["data"] = {k: v for k, v in d["data"].items() if k not in _PLACEMENT_KEYS["data"]}
         return d
+
+
+_PLACEMENT_KEYS = {
+    "train": ("epochs", "log_every", "worker_resources", "cpus_per_worker"),
+    "data": ("s3_endpoint", "s3_max_attempts", "cache_dir", "decode_actors", "decode_cpus", "decode_pool",
+             "decode_resources", "decode_memory_mb", "decode_max_retries"),
+}
 
 
 def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:

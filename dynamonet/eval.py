@@ -5,16 +5,23 @@
     scores of each video), clip accuracy, per-class accuracy, confusion matrix PNG, and
     frame-prediction SSIM/PSNR next to the copy-last-frame baseline.
 
-The model runs in this process (``--device cuda`` for a GPU); decoding runs in Ray Data actors.
-For UCF101/HMDB51 give one checkpoint per official split: the mean over the splits is reported,
-as in the paper's tables.
+Decoding runs in Ray Data tasks. The model runs in this process on a single node (``--device
+cuda`` for a GPU); on a multi-node cluster it runs in one Ray task placed like a Train worker
+(``train.worker_resources``, a GPU with ``--device cuda``), the decoders on the decode nodes, and
+the reports go next to the checkpoint in storage (``<run>/eval/<split>/``). A checkpoint trained
+on a cluster evaluates on a single node too: its placement resources are dropped there. For
+UCF101/HMDB51 give one checkpoint per official split: the mean over the splits is reported, as in
+the paper's tables.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import posixpath
+import tempfile
 from dataclasses import replace
 from typing import Any
 
@@ -72,44 +79,71 @@ def evaluate_checkpoint(checkpoint: str, *, split: str = "", overrides: list[str
     ``out_dir`` None means :func:`default_out_dir` of the split actually scored; "" writes nothing.
     ``endpoint`` is the S3 endpoint of the checkpoint (see :func:`load_for_eval`).
     """
-    from dynamonet.data import build_clip_dataset, open_dataset
-    from dynamonet.train.engine import validate
+    import ray
+
+    from dynamonet.cluster.runtime import cluster_info, resolve_for_cluster
+    from dynamonet.data import open_dataset
     from dynamonet.train.ray_train import effective_data, init_ray
-    from dynamonet.train.worker import amp_dtype_for
 
     cfg, state = load_for_eval(checkpoint, overrides, endpoint)
+    init_ray(cfg)
+    info = cluster_info()
+    cfg = resolve_for_cluster(cfg, info) if info.multinode else local_placement(cfg)
     split = eval_split(cfg, split)
     if out_dir is None:
         out_dir = default_out_dir(checkpoint, split)
-    if cfg.data.root:
-        manifest = open_dataset(cfg.data)
-        init_ray(cfg)
-        data = cfg.data
-    else:
-        init_ray(cfg)
-        data = effective_data(cfg)
-        manifest = open_dataset(data)
+    data = cfg.data if cfg.data.root else effective_data(cfg)
+    manifest = open_dataset(data)
     class_names = state["class_names"] or list(manifest.class_names)
     if cfg.model.mode != "pretrain" and list(manifest.class_names) != list(class_names):
         raise ValueError(f"data.root: the classes of {data.root} differ from the checkpoint's "
                          f"({len(manifest.class_names)} vs {len(class_names)}); fine-tune first")
     data = replace(data, batch_size=batch_size or data.batch_size)
+    args = (cfg, data, split, manifest, class_names, device)
+    if info.multinode:  # the model runs where Train workers run; this driver only orchestrates
+        resources = {"num_cpus": cfg.train.cpus_per_worker, "resources": cfg.train.worker_resources or None,
+                     "num_gpus": 1 if device.startswith("cuda") else 0}
+        res, confusion, ds_info = ray.get(ray.remote(**resources)(score_split).remote(ray.put(state), *args))
+    else:
+        res, confusion, ds_info = score_split(state, *args)
+    out: dict[str, Any] = {"checkpoint": checkpoint, "epoch": state.get("epoch"), "split": split,
+                           "data_root": data.root, "num_videos": ds_info.num_videos, "num_clips": ds_info.num_clips,
+                           "clips_per_video": ds_info.num_clips / max(ds_info.num_videos, 1),
+                           "max_eval_clips": data.max_eval_clips,
+                           "metrics": {k: v for k, v in res.items() if not _nan(v)}}
+    if confusion is not None:
+        acc = per_class_accuracy(confusion)
+        out["per_class_top1"] = {c: (None if _nan(a) else float(a)) for c, a in zip(class_names, acc.tolist(), strict=True)}
+    if out_dir:
+        write_reports(out, confusion, class_names, out_dir, cfg.data.s3_endpoint)
+        out["reports"] = out_dir
+    return out
+
+
+def local_placement(cfg: Config) -> Config:
+    """A checkpoint's config on a single node: no custom placement resources (no node offers them)."""
+    return cfg.override("train.worker_resources", {}).override("data.decode_resources", {})
+
+
+def score_split(state: dict[str, Any], cfg: Config, data: Any, split: str, manifest: Any, class_names: list[str],
+                device: str) -> tuple[dict[str, float], torch.Tensor | None, Any]:
+    """Every clip of ``split`` through the checkpoint's model: ``(metrics, confusion, dataset info)``.
+
+    Runs in the evaluating process or, on a cluster, in a Ray task (``state`` may be an object ref)."""
+    import ray
+
+    from dynamonet.data import build_clip_dataset
+    from dynamonet.train.engine import validate
+    from dynamonet.train.worker import amp_dtype_for, guarded
+
+    if isinstance(state, ray.ObjectRef):
+        state = ray.get(state)
     ds, info = build_clip_dataset(data, split, training=False, num_consumers=1, manifest=manifest)
     dev = torch.device(device)
     model = build_eval_model(cfg, state, dev)
-    batches = ds.select_columns(COLUMNS).iter_torch_batches(batch_size=data.batch_size, device=dev)
+    batches = guarded(ds.select_columns(COLUMNS).iter_torch_batches(batch_size=data.batch_size, device=dev))
     res = validate(model, batches, cfg, dev, len(class_names), amp_dtype_for(cfg, dev), prefix="eval")
-    out: dict[str, Any] = {"checkpoint": checkpoint, "epoch": state.get("epoch"), "split": split,
-                           "data_root": data.root, "num_videos": info.num_videos, "num_clips": info.num_clips,
-                           "clips_per_video": info.num_clips / max(info.num_videos, 1),
-                           "max_eval_clips": data.max_eval_clips,
-                           "metrics": {k: v for k, v in res.metrics.items() if not _nan(v)}}
-    if res.confusion is not None:
-        acc = per_class_accuracy(res.confusion)
-        out["per_class_top1"] = {c: (None if _nan(a) else float(a)) for c, a in zip(class_names, acc.tolist(), strict=True)}
-    if out_dir:
-        write_reports(out, res.confusion, class_names, out_dir)
-    return out
+    return res.metrics, res.confusion, info
 
 
 def _nan(v: Any) -> bool:
@@ -117,27 +151,34 @@ def _nan(v: Any) -> bool:
 
 
 def default_out_dir(checkpoint: str, split: str) -> str:
-    """``<run>/eval/<split>`` next to a local checkpoint, else ``./eval/<split>`` (split: the one scored)."""
-    if storage.is_remote(checkpoint):
-        return os.path.join("eval", split or "val")
-    path = os.path.abspath(checkpoint)
-    path = os.path.dirname(path) if path.endswith(".pt") else path
-    run = os.path.dirname(path) if os.path.basename(path).startswith("checkpoint_epoch") else path
-    return os.path.join(run, "eval", split or "val")
+    """``<run>/eval/<split>`` next to the checkpoint, local or in object storage (split: the one scored)."""
+    base = checkpoint.split("?", 1)[0].rstrip("/")
+    if base.endswith(".pt"):
+        base = posixpath.dirname(base) if storage.is_remote(base) else os.path.dirname(os.path.abspath(base))
+    elif not storage.is_remote(base):
+        base = os.path.abspath(base)
+    name = posixpath.basename(base)
+    run = posixpath.dirname(base) if name.startswith("checkpoint_") else base
+    return storage.join_uri(run, "eval", split or "val") if storage.is_remote(run) else os.path.join(run, "eval",
+                                                                                                     split or "val")
 
 
-def write_reports(result: dict[str, Any], confusion: torch.Tensor | None, class_names: list[str], out_dir: str) -> None:
-    """metrics.json, per_class.csv and confusion_matrix.png."""
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "metrics.json"), "w") as fh:
-        json.dump(result, fh, indent=2)
-    if confusion is None:
-        return
-    with open(os.path.join(out_dir, "per_class.csv"), "w") as fh:
-        fh.write("class,videos,top1\n")
-        for name, row, acc in zip(class_names, confusion.tolist(), per_class_accuracy(confusion).tolist(), strict=True):
-            fh.write(f"{name},{sum(row)},{'' if math.isnan(acc) else f'{acc:.4f}'}\n")
-    plot_confusion(confusion, class_names, os.path.join(out_dir, "confusion_matrix.png"))
+def write_reports(result: dict[str, Any], confusion: torch.Tensor | None, class_names: list[str], out_dir: str,
+                  endpoint: str = "") -> None:
+    """metrics.json, per_class.csv and confusion_matrix.png in ``out_dir`` (local or ``s3://``)."""
+    with tempfile.TemporaryDirectory(prefix="dynamonet-eval-") as tmp:
+        with open(os.path.join(tmp, "metrics.json"), "w") as fh:
+            json.dump(result, fh, indent=2)
+        if confusion is not None:
+            buf = io.StringIO()
+            buf.write("class,videos,top1\n")
+            for name, row, acc in zip(class_names, confusion.tolist(), per_class_accuracy(confusion).tolist(),
+                                      strict=True):
+                buf.write(f"{name},{sum(row)},{'' if math.isnan(acc) else f'{acc:.4f}'}\n")
+            with open(os.path.join(tmp, "per_class.csv"), "w") as fh:
+                fh.write(buf.getvalue())
+            plot_confusion(confusion, class_names, os.path.join(tmp, "confusion_matrix.png"))
+        storage.upload_dir(tmp, out_dir, endpoint)
 
 
 def plot_confusion(cm: torch.Tensor, class_names: list[str], path: str) -> None:

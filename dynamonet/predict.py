@@ -1,6 +1,6 @@
 """Predict the action of one video file, and draw its frame predictions (paper §4.3, Fig. 3).
 
-    video file ──► the ingest transcode (canonical short side of the checkpoint's dataset)
+    video file (local or s3://) ──► the ingest transcode (canonical short side of the checkpoint's dataset)
                ──► the evaluation ClipDecoder (every non-overlapping clip, centre crop)
                ──► DynamoNet ──► mean of the clip softmax scores ──► top-k classes
 
@@ -11,6 +11,7 @@ dynamic motion filters from frames 1..T, and their absolute difference (paper Fi
 
 from __future__ import annotations
 
+import io
 import os
 import zlib
 from typing import Any
@@ -19,21 +20,34 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dynamonet import storage
 from dynamonet.data.decode import STATUS_OK, ClipDecoder
 from dynamonet.data.encode import TranscodeSettings, VideoRejected, transcode
 from dynamonet.eval import build_eval_model, load_for_eval
 from dynamonet.train.engine import prepare_batch
 
 
-def decode_video_clips(path: str, cfg: Any, transcode_info: dict[str, Any]) -> np.ndarray:
-    """Every evaluation clip of a video file: uint8 (N, T+1, S, S, 3)."""
+def read_video_source(path: str, endpoint: str = "") -> str | bytes:
+    """A local video path as is, or the bytes of an ``s3://`` object (checked: one-line errors)."""
+    if not storage.is_remote(path):
+        if not os.path.isfile(path):
+            raise ValueError(f"VIDEO: no such file: {path}")
+        return path
+    fs, p = storage.open_fs(path, endpoint)
+    try:
+        return storage.read_bytes(fs, p)
+    except FileNotFoundError:
+        raise ValueError(f"VIDEO: no such object: {path}") from None
+
+
+def decode_video_clips(path: str, cfg: Any, transcode_info: dict[str, Any], endpoint: str = "") -> np.ndarray:
+    """Every evaluation clip of a video file (local or ``s3://``): uint8 (N, T+1, S, S, 3)."""
     short = int(transcode_info.get("short_side") or cfg.data.resize_short)
     settings = TranscodeSettings(short_side=short, fps=float(transcode_info.get("fps") or 0.0),
                                  gop=int(transcode_info.get("gop") or cfg.data.clip_len))
-    if not os.path.isfile(path):
-        raise ValueError(f"VIDEO: no such file: {path}")
+    src = read_video_source(path, endpoint)
     try:
-        tc = transcode(path, settings)
+        tc = transcode(src, settings)
     except VideoRejected as e:
         raise ValueError(f"VIDEO: {path}: {e}") from None
     decoder = ClipDecoder(clip_len=cfg.data.clip_len, frame_stride=cfg.data.frame_stride, crop_size=cfg.data.crop_size,
@@ -56,7 +70,7 @@ def predict_video(path: str, checkpoint: str, *, topk: int = 5, device: str = "c
     ``endpoint`` is the S3 endpoint of an ``s3://`` checkpoint ("" = ``AWS_ENDPOINT_URL`` or AWS).
     """
     cfg, state = load_for_eval(checkpoint, endpoint=endpoint)
-    clips = decode_video_clips(path, cfg, state.get("transcode") or {})
+    clips = decode_video_clips(path, cfg, state.get("transcode") or {}, endpoint)
     dev = torch.device(device)
     model = build_eval_model(cfg, state, dev)
     n = len(clips)
@@ -74,13 +88,15 @@ def predict_video(path: str, checkpoint: str, *, topk: int = 5, device: str = "c
         result["fp_mae"] = float((out.pred.clamp(0, 1) - b.target).abs().mean())
         result["copy_last_mae"] = float((b.x - b.target).abs().mean())
         if save_figure:
-            save_prediction_figure(b.target[0].cpu(), out.pred[0].clamp(0, 1).cpu(), save_figure)
+            save_prediction_figure(b.target[0].cpu(), out.pred[0].clamp(0, 1).cpu(), save_figure, endpoint)
             result["figure"] = save_figure
     return result
 
 
-def save_prediction_figure(target: torch.Tensor, pred: torch.Tensor, path: str, max_frames: int = 8) -> None:
-    """Rows: ground truth, prediction, |difference|; columns: frames 2..T+1. Inputs (3, T, H, W) in [0, 1]."""
+def save_prediction_figure(target: torch.Tensor, pred: torch.Tensor, path: str, endpoint: str = "",
+                           max_frames: int = 8) -> None:
+    """Rows: ground truth, prediction, |difference|; columns: frames 2..T+1. Inputs (3, T, H, W) in
+    [0, 1]. ``path`` is a local PNG or an ``s3://`` URI."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -103,6 +119,7 @@ def save_prediction_figure(target: torch.Tensor, pred: torch.Tensor, path: str, 
             if c == 0:
                 ax.set_ylabel(label, fontsize=9)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
+    storage.write_bytes_atomic(path, buf.getvalue(), endpoint)

@@ -1,12 +1,15 @@
 """Ray Tune sweeps over the paper's design choices: α/β (§3.2, eq. 3), the dynamic filter size
 (§3.1: "3–7 tested, 5 best, others 2–3 points worse") and the clip length (§3: 16/32/64).
 
-    tune/spaces/*.yaml ──► SweepSpace (validated: every value builds a valid Config)
-        ──► Tuner(function trainable, ASHA on val/top1) ──► each trial: prepare_run + a TorchTrainer
-            named <sweep>-<trial_id> (the same code as train_joint.py) reporting through
+    tune/spaces/*.yaml ──► SweepSpace (validated: every value builds a valid Config, and the
+        trials report the metric it ranks by)
+        ──► Tuner(function trainable, ASHA on the metric counting epochs, FailureConfig for trials
+            whose node is lost) ──► each trial: prepare_run + a TorchTrainer run
+            <sweep>/trials/<sweep>-<trial_id> (the same code as train_joint.py) reporting through
             TuneReportCallback
         ──► <storage>/<sweep>/: results.csv (sorted), best_config.yaml (a train_joint.py recipe),
-            plot_<param>.png; every trial's TensorBoard events under <storage>/<sweep>-<trial>/
+            plot_<param>.png, Tune's state, and every trial's run with its TensorBoard events and
+            hyperparameters (HParams view): tensorboard --logdir <storage>/<sweep>
 
 A space file::
 
@@ -16,6 +19,7 @@ A space file::
     mode: max
     num_samples: 1                 # repeats of the grid (random params are re-drawn per sample)
     max_concurrent: 2
+    max_failures: 3                # times a trial is restarted (from its last checkpoint) after its actor or node is lost
     scheduler: {type: asha, grace_period: 2, reduction_factor: 2}   # or {type: none}
     set: {train.epochs: 4}         # fixed overrides for every trial
     params:                        # grid | choice | uniform | loguniform | randint
@@ -42,8 +46,8 @@ from dynamonet.config import Config, load_config
 
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
 SCHEDULERS = ("asha", "none")
-SPACE_KEYS = {"name", "recipe", "metric", "mode", "num_samples", "max_concurrent", "scheduler", "set", "params",
-              "description"}
+SPACE_KEYS = {"name", "recipe", "metric", "mode", "num_samples", "max_concurrent", "max_failures", "scheduler", "set",
+              "params", "description"}
 
 
 @dataclass
@@ -54,6 +58,7 @@ class SweepSpace:
     mode: str = "max"
     num_samples: int = 1
     max_concurrent: int = 2
+    max_failures: int = 3
     scheduler: dict = field(default_factory=lambda: {"type": "asha", "grace_period": 2, "reduction_factor": 2})
     set: dict = field(default_factory=dict)
     params: dict = field(default_factory=dict)
@@ -90,7 +95,34 @@ def load_space(path: str, overrides: list[str] | None = None) -> tuple[SweepSpac
         raise ValueError(f"{path}: {e}") from None
     for key, spec in space.params.items():
         _check_param(path, base, key, spec)
+    _check_metric(path, space, base)
     return space, base
+
+
+def reported_metrics(cfg: Config) -> set[str]:
+    """Metric keys every report of a run with ``cfg`` carries (validation metrics are carried from
+    the latest validation into every report, see dynamonet/train/worker.py)."""
+    keys = {"epoch", "train/loss", "train/loss_fp", "train/loss_ce", "lr", "perf/clips_per_s"}
+    if cfg.model.mode != "pretrain":
+        keys.add("train/top1")
+    if cfg.data.val_split:
+        keys |= {"val/loss", "val/loss_fp", "val/loss_ce"}
+        if cfg.model.mode != "pretrain":
+            keys |= {"val/top1", "val/top5", "val/clip_top1"}
+    return keys
+
+
+def _check_metric(path: str, space: SweepSpace, base: Config) -> None:
+    """The metric ranks every trial and ASHA reads it at every epoch: every report must carry it."""
+    swept_modes = next(iter(space.params.get("model.mode", {}).values()), [])
+    modes = {base.model.mode, *swept_modes}
+    for mode in modes:
+        cfg = base.override("model.mode", mode)
+        if space.metric not in reported_metrics(cfg):
+            why = ("there is no validation split (data.val_split is empty)" if not cfg.data.val_split and
+                   space.metric.startswith("val/") else f"model.mode={mode} does not report it")
+            raise ValueError(f"{path}: metric {space.metric!r}: trials would not report it ({why}); "
+                             f"choose one of {', '.join(sorted(reported_metrics(cfg)))}")
 
 
 def _yaml(v: Any) -> str:
@@ -128,34 +160,46 @@ def _check_param(path: str, base: Config, key: str, spec: Any) -> None:
             raise ValueError(f"{where}: value {v!r} is invalid: {e}") from None
 
 
-def tune_param_space(space: SweepSpace) -> dict[str, Any]:
-    """The Tuner's ``param_space``: one entry per swept key (the base config travels separately)."""
+def tune_param_space(space: SweepSpace, trials: str = "") -> dict[str, Any]:
+    """The Tuner's ``param_space``: one entry per swept key, and where the trials' runs go (the base
+    config travels separately)."""
     from ray import tune
 
     makers = {"grid": tune.grid_search, "choice": tune.choice,
               "uniform": lambda v: tune.uniform(*v), "loguniform": lambda v: tune.loguniform(*v),
               "randint": lambda v: tune.randint(*v)}
     params = {k: makers[kind](values) for k, spec in space.params.items() for kind, values in spec.items()}
-    return {"sweep": space.name, "params": params}
+    return {"sweep": space.name, "params": params, "trials": trials}
+
+
+def trials_uri(storage_root: str, sweep: str) -> str:
+    """Where the trials' training runs live: ``<storage>/<sweep>/trials``."""
+    return _join(_join(storage_root, sweep), "trials")
 
 
 def trial_config(config: dict[str, Any], base: dict[str, Any], trial_id: str) -> Config:
-    """The Config of one trial: the base with the sampled params and a trial-specific run name."""
+    """The Config of one trial: the base with the sampled params, a trial-specific run name, and a
+    storage path inside the sweep's directory (``config["trials"]``)."""
     cfg = Config.from_dict(copy.deepcopy(base))
     for key, value in config["params"].items():
         cfg = cfg.override(key, value if isinstance(value, str) else _yaml(value))
+    cfg = cfg.override("run.storage_path", config.get("trials") or cfg.run.storage_path)
     return cfg.override("run.name", f"{config['sweep']}-{trial_id}")
 
 
 def train_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
-    """Tune function trainable: one real training run (a TorchTrainer), as train_joint.py does."""
+    """Tune function trainable: one real training run (a TorchTrainer), as train_joint.py does.
+
+    A trial restarted by Tune (its node was lost) finds its run in storage and resumes it from
+    the last checkpoint (same name, same config)."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from dynamonet.train.ray_train import build_trainer, prepare_run
+    from dynamonet.train.ray_train import HPARAM_KEYS, build_trainer, prepare_run, run_hparams
 
     cfg = trial_config(config, base, tune.get_context().get_trial_id())
     spec = prepare_run(cfg)
+    spec.hparams = run_hparams(spec.cfg, tuple(dict.fromkeys([*config["params"], *HPARAM_KEYS])))
     result = build_trainer(spec, callbacks=[TuneReportCallback()]).fit()
     if result.error is not None:
         raise result.error
@@ -176,45 +220,59 @@ def run_sweep(space: SweepSpace, base: Config, *, resume: bool = False, force: b
     import ray
     from ray import tune
 
-    from dynamonet.train.ray_train import init_ray
+    from dynamonet.train.ray_train import connect_for_cluster, init_ray
 
     # Snapshot the experiment state every 2 s (Tune's default is adaptive and can lag minutes), so a
     # sweep killed right after a trial finished does not start that trial again on resume.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    base = connect_for_cluster(base)  # a multi-node cluster: storage under DYNAMONET_STORAGE
     init_ray(base)
-    fs, root = storage.open_fs(base.run.storage_path, base.data.s3_endpoint)
+    endpoint = base.data.s3_endpoint
+    fs, root = storage.open_fs(base.run.storage_path, endpoint)
     storage_root = base.run.storage_path if storage.is_remote(base.run.storage_path) else root  # Tune: absolute
     sweep_uri = _join(storage_root, space.name)
-    space_file = os.path.join(root, space.name, "sweep_space.yaml")
+    tune_path, tune_fs = storage.ray_storage(sweep_uri, endpoint)  # Tune wants bucket/prefix with a filesystem
+    space_file = f"{root}/{space.name}/sweep_space.yaml"
     stored = storage.read_bytes(fs, space_file).decode() if storage.exists(fs, space_file) else None
     current = yaml.safe_dump({"space": space.__dict__, "base": base.fingerprint()}, sort_keys=True)
     # the trainer's workers hold the real resources; the base config travels once, not per trial
     trainable = tune.with_resources(tune.with_parameters(train_trial, base=base.to_dict()), {"cpu": 0.01})
-    if stored is not None and tune.Tuner.can_restore(sweep_uri):
+    param_space = tune_param_space(space, trials_uri(storage_root, space.name))
+    if stored is not None and tune.Tuner.can_restore(tune_path, storage_filesystem=tune_fs):
         if stored != current and not force:
             raise ValueError(f"--name: sweep {space.name!r} exists with a different space or base config; "
                              "use another --name or --force")
         print(f"[sweep] resuming {space.name!r}: finished trials are kept, unfinished ones continue", flush=True)
-        tuner = tune.Tuner.restore(sweep_uri, trainable, resume_unfinished=True, resume_errored=True,
-                                   param_space=tune_param_space(space))
+        tuner = tune.Tuner.restore(tune_path, trainable, resume_unfinished=True, resume_errored=True,
+                                   param_space=param_space, storage_filesystem=tune_fs)
     elif resume:
         raise ValueError(f"--resume: no sweep named {space.name!r} under {base.run.storage_path}")
     else:
         storage.write_bytes(fs, space_file, current.encode())
-        tuner = tune.Tuner(trainable, param_space=tune_param_space(space),
+        tuner = tune.Tuner(trainable, param_space=param_space,
                            tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode,
                                                        num_samples=space.num_samples,
                                                        max_concurrent_trials=space.max_concurrent,
                                                        scheduler=_scheduler(space, base, grace_period)),
-                           run_config=tune.RunConfig(name=space.name, storage_path=storage_root,
-                                                     storage_filesystem=None if not storage.is_remote(sweep_uri) else fs))
+                           run_config=tune_run_config(space, storage_root, tune_fs))
     grid = tuner.fit()
-    summary = write_reports(grid, space, base, sweep_uri, base.data.s3_endpoint)
+    summary = write_reports(grid, space, base, sweep_uri, endpoint)
     ray.shutdown()
     return summary
 
 
+def tune_run_config(space: SweepSpace, storage_root: str, fs: Any = None) -> Any:
+    """Tune's RunConfig: the sweep's directory, and trials restarted after a lost actor or node."""
+    from ray import tune
+
+    path = storage.uri_path(storage_root) if fs is not None else storage_root
+    return tune.RunConfig(name=space.name, storage_path=path, storage_filesystem=fs,
+                          failure_config=tune.FailureConfig(max_failures=space.max_failures))
+
+
 def _scheduler(space: SweepSpace, base: Config, grace_period: int | None) -> Any:
+    """ASHA counts epochs (the ``epoch`` every report carries): after ``Tuner.restore`` a trial resumes
+    at epoch e while Tune's ``training_iteration`` would start again at 1."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     sched = dict(space.scheduler)
@@ -224,7 +282,7 @@ def _scheduler(space: SweepSpace, base: Config, grace_period: int | None) -> Any
     if kind != "asha":
         raise ValueError(f"scheduler.type: unknown scheduler {kind!r} (asha or none)")
     epochs = base.train.epochs
-    return ASHAScheduler(time_attr="training_iteration", max_t=epochs,
+    return ASHAScheduler(time_attr="epoch", max_t=epochs,
                          grace_period=min(epochs, grace_period or int(sched.get("grace_period", 1))),
                          reduction_factor=float(sched.get("reduction_factor", 2)))
 

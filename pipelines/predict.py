@@ -1,6 +1,7 @@
 """Predict the action in one video file with a DynamoNet checkpoint (top-k classes).
 
     python pipelines/predict.py VIDEO --checkpoint runs/<run> [--topk 5] [--save-figure out.png]
+    python pipelines/predict.py s3://bucket/videos/x.mp4 --checkpoint s3://bucket/runs/<run>/checkpoint_best
 
 The video goes through the same transcode and clip decoder as training and evaluation; its score
 is the mean over every non-overlapping clip (paper §4.3). ``--save-figure`` draws ground-truth
@@ -19,13 +20,14 @@ from dynamonet.cli import fail
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("video", metavar="VIDEO", help="a video file (any format FFmpeg reads)")
+    p.add_argument("video", metavar="VIDEO", help="a video file (any format FFmpeg reads), local or s3://")
     p.add_argument("--checkpoint", required=True, help="run dir, checkpoint dir or checkpoint.pt (local or s3://)")
     p.add_argument("--topk", type=int, default=5, help="classes to print (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="device for the model (default: %(default)s)")
     p.add_argument("--s3-endpoint", default="", metavar="URL",
                    help="S3 endpoint of an s3:// --checkpoint, as in train_joint.py (default: AWS_ENDPOINT_URL, else AWS)")
-    p.add_argument("--save-figure", default="", metavar="PNG", help="write the frame-prediction figure here")
+    p.add_argument("--save-figure", default="", metavar="PNG", help="write the frame-prediction figure here (local or "
+                                                                     "s3://)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     args = p.parse_args(argv)
     from dynamonet.predict import predict_video

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from dynamonet.config import SyntheticConfig
 from dynamonet.data.encode import TranscodeSettings
-from dynamonet.data.ingest import IngestOptions, run_ingest
+from dynamonet.data.ingest import IngestOptions, for_cluster, run_ingest
 from dynamonet.data.sources import SOURCES
 
 
@@ -69,13 +69,17 @@ def synthetic_config(items: list[str]) -> SyntheticConfig:
 
 
 def _init_ray(args: argparse.Namespace) -> None:
+    """Join --ray-address / RAY_ADDRESS (a job), or start a local Ray (never attach to another one)."""
     import ray
 
     if ray.is_initialized():
         return
-    address = args.ray_address or os.environ.get("RAY_ADDRESS") or None
-    ray.init(address=address, num_cpus=None if address else (args.num_cpus or None),
-             include_dashboard=False, log_to_driver=True, configure_logging=False)
+    address = args.ray_address or os.environ.get("RAY_ADDRESS") or ""
+    if address:
+        ray.init(address=address, log_to_driver=True, configure_logging=False)
+    else:
+        ray.init(address="local", num_cpus=args.num_cpus or None, include_dashboard=False, log_to_driver=True,
+                 configure_logging=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                                  labels_hflip_invariant=args.source != "synthetic")
             if args.executor == "ray":
                 _init_ray(args)
+                opts = for_cluster(opts, generated=args.source == "synthetic")
             summary = run_ingest(opts, executor=args.executor, progress=not args.no_progress)
         except (ValueError, FileNotFoundError) as e:
             print(f"prepare_data: error: {e}", file=sys.stderr)

@@ -7,6 +7,9 @@
     ray_local   session: ray.init(num_cpus=6) (oversubscribed on purpose, see NOTES-ray.md)
     ray_head    session: a `ray start --head` cluster on loopback (job server, dashboard) for the
                 end-to-end tests of the entry points (tests/pipeline_helpers.py)
+    rehearsal   session: the shared-nothing rehearsal cluster (dynamonet.cluster.rehearsal): a head,
+                a decode node and a trainer node, each in its own mount namespace with private tmpfs,
+                and its own moto server as the only shared medium
 
 Helpers to write small real videos and dataset layouts live in tests/helpers.py.
 """
@@ -93,12 +96,27 @@ def ray_local(s3_server: S3Server) -> Iterator[object]:
     started = not ray.is_initialized()
     if started:
         # address="local": never attach to the `ray start` head of the pipeline tests
-        ray.init(address="local", num_cpus=6, include_dashboard=False, log_to_driver=True, configure_logging=False,
+        ray.init(address="local", num_cpus=6, include_dashboard=True, log_to_driver=True, configure_logging=False,
                  object_store_memory=1 << 30)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     if started:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def rehearsal() -> Iterator[object]:
+    """One rehearsal cluster for every test that needs it (it takes ~10 s to start)."""
+    from dynamonet.cluster import rehearsal as reh
+
+    problem = reh.check_supported()
+    if problem:
+        pytest.skip(f"rehearsal cluster: {problem}")
+    cluster = reh.up(f"/var/tmp/dynamonet-rehearsal-{uuid.uuid4().hex[:8]}")
+    try:
+        yield cluster
+    finally:
+        cluster.down()
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Every cluster YAML in cluster/ checked offline (issue 6): Ray's own prepare_config +
+"""Every cluster YAML in cluster/ checked offline: Ray's own prepare_config +
 validate_config, then this project's placement, security and install rules. No cloud call."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import subprocess
 import pytest
 import yaml
 
-from dynamonet.cluster import (
+from dynamonet.cluster.__main__ import main
+from dynamonet.cluster.yaml_check import (
     ClusterConfigError,
     check_cluster,
     gcp_network_commands,
     ingress_rules,
     load_cluster_yaml,
-    main,
     ray_prepare_and_validate,
 )
 
@@ -255,7 +255,7 @@ def test_cli_check_and_gcp_network(capsys, tmp_path):
     assert "min_workers" in capsys.readouterr().err
 
 
-# -- the rehearsal cluster actually starts ------------------------------------------------------
+# -- the fake multi-node cluster actually starts ------------------------------------------------------
 
 _PLACEMENT_PROBE = """
 import json, sys, time
@@ -290,7 +290,7 @@ def test_fake_multinode_starts_and_places_by_resource():
     import json
     import sys
 
-    from dynamonet.cluster import start_fake_cluster
+    from dynamonet.cluster.fake import start_fake_cluster
 
     cluster = start_fake_cluster(os.path.join(ROOT, "cluster", "fake_multinode.yaml"))
     try:

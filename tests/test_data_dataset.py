@@ -17,10 +17,13 @@ from helpers import crop_center, frame_index, free_port, position_frames, write_
 
 from dynamonet.config import DataConfig
 from dynamonet.data import STATUS_CORRUPT, STATUS_OK, STATUS_PADDING, build_clip_dataset, open_dataset
+from dynamonet.data.dataset import publish_epoch
 from dynamonet.data.encode import TranscodeSettings
 from dynamonet.data.ingest import IngestOptions, run_ingest
 from dynamonet.data.sampling import num_eval_windows
-from dynamonet.data.shards import read_manifest, resolve_filesystem, write_bytes_atomic
+from dynamonet.data.shards import read_manifest
+from dynamonet.data.transforms import crop_origin
+from dynamonet.storage import resolve_filesystem, write_bytes_atomic
 
 pytestmark = pytest.mark.ray
 TRAIN_FRAMES, VAL_FRAMES = [20, 24, 28, 32, 36], [17, 25, 40]
@@ -45,13 +48,15 @@ def config(root, **kw):
     return DataConfig(**{**base, **kw})
 
 
-def consume_split(ds, n, epochs):
-    """Iterate streaming_split(n, equal=True) with n concurrent consumers for `epochs` epochs."""
+def consume_split(ds, n, epochs, epoch_key, first_epoch=0):
+    """Iterate streaming_split(n, equal=True) with n concurrent consumers for `epochs` epochs, each
+    consumer publishing the epoch first, as the training loop does."""
     splits = ds.streaming_split(n, equal=True)
     got = [[[] for _ in range(n)] for _ in range(epochs)]
 
     def run(i):
         for e in range(epochs):
+            publish_epoch(epoch_key, first_epoch + e)
             for b in splits[i].iter_batches(batch_size=4, batch_format="numpy"):
                 got[e][i].append(b)
 
@@ -71,7 +76,7 @@ def test_training_epochs_two_consumers_exactly_k(position_dataset, monkeypatch, 
     cfg = config(position_dataset, decode_pool=pool)
     ds, info = build_clip_dataset(cfg, "train", training=True, num_consumers=2, seed=3)
     assert (info.num_videos, info.num_clips, info.num_padding, info.clip_shape) == (5, 15, 1, (5, 32, 32, 3))
-    epochs = consume_split(ds, 2, epochs=2)
+    epochs = consume_split(ds, 2, epochs=2, epoch_key=info.epoch_key)
     starts = []
     for batches in epochs:
         per_consumer = [sum(len(b["clip"]) for b in bs) for bs in batches]
@@ -91,6 +96,35 @@ def test_training_epochs_two_consumers_exactly_k(position_dataset, monkeypatch, 
         starts.append(sorted((v, k, st) for b in rows for v, k, st in zip(b["video_index"], b["clip_index"],
                                                                           b["start"], strict=True)))
     assert starts[0] != starts[1]                                               # new windows every epoch
+
+
+def _draws(epochs):
+    return [sorted((int(v), int(k), int(st), int(c), bool(f)) for bs in consumers for b in bs
+                   for v, k, st, c, f, s in zip(b["video_index"], b["clip_index"], b["start"], b["crop"], b["flip"],
+                                                b["status"], strict=True) if s == STATUS_OK)
+            for consumers in epochs]
+
+
+def test_rebuilt_stream_continues_the_draws_of_the_epoch_it_is_told(position_dataset):
+    """A resumed run rebuilds its datasets (Ray Data's own execution counter restarts at 0): the
+    draws of epoch e depend on (seed, e, video, draw) only, so the rebuilt stream told "epoch 2"
+    draws what the original drew in its third epoch, and the crop/flip columns describe the pixels."""
+    cfg = config(position_dataset, clips_per_video=2)
+    ds, info = build_clip_dataset(cfg, "train", training=True, num_consumers=2, seed=11)
+    original = _draws(consume_split(ds, 2, epochs=3, epoch_key=info.epoch_key))
+    again, info2 = build_clip_dataset(cfg, "train", training=True, num_consumers=2, seed=11)
+    assert info2.epoch_key != info.epoch_key
+    resumed = _draws(consume_split(again, 2, epochs=1, epoch_key=info2.epoch_key, first_epoch=2))
+    assert resumed[0] == original[2] and original[2] != original[0] and original[1] != original[0]
+    other, info3 = build_clip_dataset(cfg, "train", training=True, num_consumers=1, seed=12)
+    assert _draws(consume_split(other, 1, epochs=1, epoch_key=info3.epoch_key))[0] != original[0]
+    publish_epoch(info.epoch_key, 0)
+    for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for clip, c, f, s in zip(b["clip"], b["crop"], b["flip"], b["status"], strict=True):
+            if s == STATUS_OK:
+                cy, cx, flipped = crop_center(clip)
+                oy, ox = crop_origin(64, 80, 32, int(c))
+                assert abs(cy - oy - 15.5) < 1.5 and abs(cx - ox - 15.5) < 1.5 and flipped == bool(f)
 
 
 def test_eval_windows_cover_every_video_with_centre_crops(position_dataset):
@@ -130,6 +164,7 @@ def test_a_corrupt_row_is_skipped_and_counted(position_dataset, s3_server):
             write_bytes_atomic(f"{out}/{rel}", sink.getvalue().to_pybytes())
     write_bytes_atomic(f"{out}/manifest.json", m.to_json().encode())
     ds, info = build_clip_dataset(config(out), "train", training=True, num_consumers=1, seed=0)
+    publish_epoch(info.epoch_key, 0)
     rows = [r for b in ds.iter_batches(batch_size=None, batch_format="numpy")
             for r in zip(b["video_id"], b["status"], b["clip"].reshape(len(b["clip"]), -1).max(1), strict=True)]
     assert len(rows) == info.num_clips == 15

@@ -21,7 +21,8 @@ from helpers import make_folder, make_hmdb51, make_kinetics, make_ucf101, noise_
 
 from dynamonet.data.encode import TranscodeSettings
 from dynamonet.data.ingest import IngestOptions, run_ingest
-from dynamonet.data.shards import SHARD_SCHEMA, read_bytes, read_manifest, resolve_filesystem
+from dynamonet.data.shards import SHARD_SCHEMA, read_manifest
+from dynamonet.storage import read_bytes, resolve_filesystem
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.ray

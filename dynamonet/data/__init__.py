@@ -1,6 +1,6 @@
 """Video data: ingest to Parquet shards, the synthetic motion dataset, and the Ray Data clip stream.
 
-    shards.py      schema, manifest, storage (local or S3 through pyarrow.fs), atomic writes
+    shards.py      schema and manifest (storage itself: dynamonet/storage.py)
     sources.py     UCF101 / HMDB51 / Kinetics / class-folder / unlabeled annotation parsers
     encode.py      PyAV transcode to the canonical H.264 format, video writer
     ingest.py      plan → one Ray task per shard → rejected.jsonl → manifest.json (last)
@@ -32,7 +32,6 @@ _EXPORTS = {
     "STATUS_CORRUPT": "dynamonet.data.decode",
     "Manifest": "dynamonet.data.shards",
     "read_manifest": "dynamonet.data.shards",
-    "resolve_filesystem": "dynamonet.data.shards",
     "IngestOptions": "dynamonet.data.ingest",
     "run_ingest": "dynamonet.data.ingest",
     "TranscodeSettings": "dynamonet.data.encode",

@@ -2,12 +2,16 @@
 
     open_dataset(cfg)                    driver-side checks, fail fast with one-line ValueErrors
         │
-    read_parquet(shards, filesystem=RetryingS3FileSystem | local)     video rows, projected columns
-        │   training: file order reshuffled every epoch (FileShuffleConfig, reseeded per execution)
-    map_batches(decode, TaskPoolStrategy | ActorPoolStrategy(decode_actors), num_cpus=decode_cpus)
-        │   fused with the read (one task reads a shard and decodes it), whole read blocks in,
-        │   one output block per ≤ 128 MB of clips (a shard's clips are one contiguous block,
-        │   so consumer batches are zero-copy slices of it)
+    from_items(shard positions 0..S-1)   one block per shard, no read task of its own
+        │
+    map_batches(_decode_shards, TaskPoolStrategy | ActorPoolStrategy(decode_actors),
+        │       num_cpus=decode_cpus, memory=decode_memory_mb, max_retries=decode_max_retries,
+        │       resources=decode_resources)
+        │   one task per shard: position p of epoch e is shard order_e[p] (a permutation drawn
+        │   from (seed, e) for training, the manifest order for evaluation); the task reads the
+        │   shard itself (pyarrow, RetryingS3FileSystem | local), so its bytes never cross the
+        │   object store, and yields one output block per ≤ 128 MB of clips (a shard's clips are
+        │   one contiguous block, so consumer batches are zero-copy slices of it)
         │   K random windows per video (training) | every non-overlapping window (eval)
     union(padding rows)                  status=1 rows so that rows % num_consumers == 0
         ▼
@@ -20,31 +24,45 @@ number of rows by *dropping* the ``total % n`` remainder; padding the total to a
 makes that remainder zero, so no real row is dropped, every training video is seen exactly K times
 per epoch, and every consumer gets the same rows and batches.
 
-Randomness. Each epoch re-executes the dataset. A video's windows, crops and flips are drawn from
-``(seed, execution index, video_index)``: different every epoch, independent of which actor
-decodes the row, reproducible for a given seed.
+Randomness. Every draw of a training epoch e comes from the seed and e: the shard order from
+``(seed, e)``, draw k of video v (window, crop, flip) from ``(seed, e, v, k)``. Nothing comes
+from Ray Data's own execution counter, which starts again at 0 whenever Train rebuilds its
+datasets (a worker-group restart, a resumed driver). The consumer says which epoch it is about to
+read with :func:`publish_epoch` (a key in Ray's GCS key-value store, named by the dataset's
+``epoch_key``); the decode tasks read it when they start. ``streaming_split`` starts an epoch only
+once every consumer has asked for it, so every consumer publishes before any task of the epoch runs.
+
+Failure. A decode task declares its memory and is retried at most ``data.decode_max_retries``
+times if its worker dies (OOM kill, a crash in native code, a lost node); after that the epoch
+fails with one line naming the shard (:func:`describe_data_error`). A corrupt video never fails a
+task: it becomes status=2 rows (decode.py).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
+import time
+import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import ray
-from ray.data.datasource import FileShuffleConfig
+from ray.experimental import internal_kv
 
 from dynamonet.config import DataConfig
 from dynamonet.data.decode import INPUT_COLUMNS, STATUS_PADDING, ClipDecoder
 from dynamonet.data.sampling import clip_span, total_eval_windows
-from dynamonet.data.shards import (
-    MANIFEST_NAME,
+from dynamonet.data.shards import MANIFEST_NAME, Manifest, SplitInfo
+from dynamonet.data.synthetic import synthetic_root
+from dynamonet.storage import (
     PROBE_CONNECT_TIMEOUT,
     PROBE_REQUEST_TIMEOUT,
-    Manifest,
-    SplitInfo,
     endpoint_url,
     is_s3,
     join_uri,
@@ -53,7 +71,6 @@ from dynamonet.data.shards import (
     resolve_filesystem,
     uri_path,
 )
-from dynamonet.data.synthetic import ensure_synthetic_dataset
 
 TARGET_BATCH_BYTES = 128 << 20    # decoded clip bytes per decoder output (Ray Data's default target block size)
 _NETWORK_ERRORS = ("NETWORK_CONNECTION", "curlCode", "Timeout", "timed out", "Could not connect", "resolve host")
@@ -70,6 +87,7 @@ class ClipDatasetInfo:
     clip_shape: tuple[int, int, int, int]   # (T+1, S, S, 3)
     num_consumers: int = 1
     hflip: bool = False                 # training clips are flipped at random
+    epoch_key: str = ""                 # training: where the consumer publishes the epoch (publish_epoch)
 
     @property
     def rows_per_consumer(self) -> int:
@@ -93,7 +111,7 @@ def open_dataset(cfg: DataConfig) -> Manifest:
     S3 is probed with one attempt and second-scale timeouts, so a wrong endpoint fails in a few
     seconds instead of riding the long retry policy used for streaming.
     """
-    root = cfg.root or ensure_synthetic_dataset(cfg.synthetic, cfg.cache_dir)
+    root = cfg.root or synthetic_root(cfg)
     fs, path = resolve_filesystem(root, cfg.s3_endpoint, max_attempts=1, connect_timeout=PROBE_CONNECT_TIMEOUT,
                                   request_timeout=PROBE_REQUEST_TIMEOUT)
     if not is_s3(root) and fs.get_file_info(path).type != pafs.FileType.Directory:
@@ -127,39 +145,147 @@ def check_split(cfg: DataConfig, manifest: Manifest, split: str, key: str = "spl
                          f"frame_stride {cfg.frame_stride}) but the longest video of split {split!r} has {longest}")
 
 
-def _execution_epoch() -> int:
-    """Ray Data's execution index (one per iteration of the dataset): the epoch of the draws."""
-    epoch = getattr(ray.data.DataContext.get_current(), "_execution_idx", None)
-    if epoch is None:  # older/newer Ray without it: fresh randomness per execution instead
-        epoch = secrets.randbits(62)
-    return int(epoch)
+KV_NAMESPACE = "dynamonet"
+
+
+def publish_epoch(epoch_key: str, epoch: int) -> None:
+    """Tell the decode tasks of the dataset with ``epoch_key`` which epoch they are drawing for.
+
+    Called by every consumer before it iterates an epoch (the training loop does); the value lives
+    in Ray's GCS, so it survives a lost worker node and is read by tasks on any node.
+    """
+    internal_kv._internal_kv_put(f"epoch/{epoch_key}", str(int(epoch)), overwrite=True, namespace=KV_NAMESPACE)
+
+
+def published_epoch(epoch_key: str) -> int:
+    """The epoch last published for ``epoch_key`` (in a decode task)."""
+    value = internal_kv._internal_kv_get(f"epoch/{epoch_key}", namespace=KV_NAMESPACE)
+    if value is None:
+        raise RuntimeError(f"no epoch published for the training stream {epoch_key!r}: call "
+                           "dynamonet.data.dataset.publish_epoch(key, epoch) before iterating it")
+    return int(value)
+
+
+def _note_shard(path: str) -> None:
+    """Record which shard this worker is decoding, under its worker id (read back if it dies)."""
+    ctx = ray.get_runtime_context()
+    note = json.dumps({"shard": path, "pid": os.getpid(), "node_id": ctx.get_node_id()})
+    internal_kv._internal_kv_put(f"decoding/{ctx.get_worker_id()}", note, overwrite=True, namespace=KV_NAMESPACE)
+
+
+def decoder_notes() -> dict[str, dict]:
+    """``{worker_id: {"shard", "pid", "node_id"}}``: the last shard each decode worker started."""
+    keys = internal_kv._internal_kv_list("decoding/", namespace=KV_NAMESPACE)
+    notes = {}
+    for key in keys:
+        value = internal_kv._internal_kv_get(key, namespace=KV_NAMESPACE)
+        if value is not None:
+            notes[key.decode().split("/", 1)[1]] = json.loads(value)
+    return notes
+
+
+class DataStreamError(RuntimeError):
+    """A clip stream that could not deliver an epoch (see :func:`describe_data_error`)."""
+
+
+def _dead_decoder_shards() -> list[str]:
+    """Shards that decode tasks of this job were working on when their worker died (Ray's state API
+    names each failed task's worker; the task left a note of its shard under that worker)."""
+    from ray.util.state import list_tasks
+
+    job = ray.get_runtime_context().get_job_id()
+    try:
+        failed = list_tasks(filters=[("state", "=", "FAILED"), ("job_id", "=", job)], detail=True, limit=1000,
+                            raise_on_missing_output=False)
+    except Exception:  # no dashboard (state API) on this Ray: say what failed without the shard
+        return []
+    notes, shards = decoder_notes(), []
+    for t in failed:
+        note = notes.get(t.worker_id or "")
+        if ("_decode_task" in t.name or "ClipDecoder" in t.name) and note and note["shard"] not in shards:
+            shards.append(note["shard"])
+    return shards
+
+
+def describe_data_error(err: BaseException) -> str:
+    """One line for a clip stream that failed: the shard a dead decoder was working on, if any
+    (a worker killed past ``data.decode_max_retries``), and the innermost error."""
+    inner = err
+    while getattr(inner, "__cause__", None) is not None:
+        inner = inner.__cause__
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    why = f"{type(err).__name__}: {lines[-1] if lines else type(inner).__name__}"
+    shards: list[str] = []
+    deadline = time.monotonic() + 10  # the state API learns of a failed task within a few seconds
+    while ray.is_initialized() and not shards and time.monotonic() < deadline:
+        shards = _dead_decoder_shards()
+        if not shards:
+            time.sleep(0.5)
+    if shards:
+        return (f"decoding shard {', '.join(shards)} failed: its worker died more often than data.decode_max_retries "
+                f"allows (OOM kill, a crash in native code, or a lost node): {why}")
+    return f"the clip stream failed: {why}"
+
+
+@dataclass(frozen=True)
+class ShardSource:
+    """The shards a decode task reads, in the order of an epoch."""
+
+    paths: tuple[str, ...]  # filesystem paths of the split's shards, manifest order
+    fs: pafs.FileSystem
+    seed: int
+    epoch_key: str = ""  # "" = evaluation: manifest order, no randomness
+
+    def epoch(self) -> int:
+        return published_epoch(self.epoch_key) if self.epoch_key else 0
+
+    def shard_at(self, position: int, epoch: int) -> str:
+        """The shard read at ``position`` of ``epoch``: a permutation drawn from ``(seed, epoch)``."""
+        if not self.epoch_key:
+            return self.paths[position]
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.paths))
+        return self.paths[int(order[position])]
+
+    def read(self, path: str) -> dict[str, np.ndarray]:
+        """The decoder's columns of one shard, as numpy arrays."""
+        table = pq.read_table(path, filesystem=self.fs, columns=list(INPUT_COLUMNS))
+        return {c: table.column(c).to_numpy(zero_copy_only=False) for c in INPUT_COLUMNS}
 
 
 def _decode_in_parts(decode: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], batch: dict[str, np.ndarray],
                      videos_per_part: int) -> Iterator[dict[str, np.ndarray]]:
-    """Decode a read block (a shard's rows) ``videos_per_part`` videos at a time, yielding each
-    part's clip rows: memory stays bounded, and a part is one contiguous output block."""
+    """Decode a shard's rows ``videos_per_part`` videos at a time, yielding each part's clip rows:
+    memory stays bounded, and a part is one contiguous output block."""
     n = len(batch["video_index"])
     for lo in range(0, n, videos_per_part):
         yield decode({k: v[lo:lo + videos_per_part] for k, v in batch.items()})
 
 
-class _RayClipDecoder(ClipDecoder):
-    """ClipDecoder for an actor pool; learns the epoch when the pool starts (once per execution)."""
+def _decode_positions(batch: dict[str, np.ndarray], source: ShardSource, videos_per_part: int,
+                      decoder_kwargs: dict) -> Iterator[dict[str, np.ndarray]]:
+    epoch = source.epoch()
+    decoder = ClipDecoder(epoch=epoch, **decoder_kwargs)
+    for position in batch["position"].tolist():
+        path = source.shard_at(int(position), epoch)
+        _note_shard(path)
+        yield from _decode_in_parts(decoder, source.read(path), videos_per_part)
 
-    def __init__(self, videos_per_part: int, **kwargs: object) -> None:
-        super().__init__(epoch=_execution_epoch(), **kwargs)
-        self.videos_per_part = videos_per_part
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:  # type: ignore[override]
-        yield from _decode_in_parts(super().__call__, batch, self.videos_per_part)
+class _RayClipDecoder:
+    """The actor-pool form (``data.decode_pool=actors``): one decoder process per actor."""
+
+    def __init__(self, source: ShardSource, videos_per_part: int, decoder_kwargs: dict) -> None:
+        self.source, self.videos_per_part, self.decoder_kwargs = source, videos_per_part, decoder_kwargs
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        yield from _decode_positions(batch, self.source, self.videos_per_part, self.decoder_kwargs)
 
 
-def _decode_task(batch: dict[str, np.ndarray], videos_per_part: int, **kwargs: object
-                 ) -> Iterator[dict[str, np.ndarray]]:
-    """The task-pool form: a ClipDecoder is a few attributes, so building one per block is free, and
+def _decode_task(batch: dict[str, np.ndarray], source: ShardSource, videos_per_part: int,
+                 decoder_kwargs: dict) -> Iterator[dict[str, np.ndarray]]:
+    """The task-pool form: a ClipDecoder is a few attributes, so building one per shard is free, and
     the worker processes (decord loaded) stay warm from one epoch to the next."""
-    yield from _decode_in_parts(ClipDecoder(epoch=_execution_epoch(), **kwargs), batch, videos_per_part)
+    yield from _decode_positions(batch, source, videos_per_part, decoder_kwargs)
 
 
 def _padding_rows(batch: dict[str, np.ndarray], clip_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
@@ -167,29 +293,7 @@ def _padding_rows(batch: dict[str, np.ndarray], clip_shape: tuple[int, ...]) -> 
     return {"clip": np.zeros((n, *clip_shape), dtype=np.uint8), "label": np.zeros(n, dtype=np.int64),
             "video_id": np.full(n, "", dtype=object), "video_index": np.full(n, -1, dtype=np.int64),
             "clip_index": np.zeros(n, dtype=np.int32), "status": np.full(n, STATUS_PADDING, dtype=np.uint8),
-            "start": np.zeros(n, dtype=np.int32)}
-
-
-def _read_shards(paths: list[str], fs: pafs.FileSystem, shuffle: FileShuffleConfig | None,
-                 resources: dict | None = None, concurrency: int | None = None,
-                 num_cpus: float | None = None) -> ray.data.Dataset:
-    """read_parquet through the V1 Parquet datasource, one block per shard file.
-
-    Ray 2.60's default V2 datasource (ListFiles → ReadFilesParquetV2) took 5-10 s per execution
-    to read a few small local shards here (V1: 0.3 s), and every epoch re-executes the read. The
-    switch is scoped to this call; the plan is fixed when the read is created. ``resources``
-    (``data.decode_resources``) places the reads where the decoders run, off the GPU nodes;
-    ``concurrency`` and ``num_cpus`` equal to the decoders' let Ray Data fuse the read into them.
-    """
-    ctx = ray.data.DataContext.get_current()
-    previous = getattr(ctx, "use_datasource_v2", False)
-    ctx.use_datasource_v2 = False
-    try:
-        return ray.data.read_parquet(paths, filesystem=fs, columns=list(INPUT_COLUMNS), shuffle=shuffle,
-                                     override_num_blocks=len(paths), concurrency=concurrency, num_cpus=num_cpus,
-                                     ray_remote_args={"resources": resources} if resources else None)
-    finally:
-        ctx.use_datasource_v2 = previous
+            "start": np.zeros(n, dtype=np.int32), "crop": np.zeros(n, dtype=np.uint8), "flip": np.zeros(n, dtype=bool)}
 
 
 def _videos_per_part(clip_shape: tuple[int, ...], rows_per_video: float) -> int:
@@ -225,7 +329,9 @@ def build_clip_dataset(cfg: DataConfig, split: str, *, training: bool, num_consu
 
     Returns:
         ``(dataset, info)``; rows: clip uint8 (T+1, S, S, 3), label int64, video_id str,
-        video_index int64, clip_index int32, status uint8, start int32 (first frame index).
+        video_index int64, clip_index int32, status uint8, start int32 (first frame index),
+        crop uint8 (crop position, transforms.CROP_POSITIONS), flip bool. A training stream draws
+        for the epoch published under ``info.epoch_key`` (:func:`publish_epoch`).
     """
     manifest = manifest or open_dataset(cfg)
     check_split(cfg, manifest, split, _split_key(cfg, split))
@@ -236,30 +342,38 @@ def build_clip_dataset(cfg: DataConfig, split: str, *, training: bool, num_consu
     flip_map = manifest.flip_label_map() if training and cfg.hflip else None
     hflip = flip_map is not None
     fs, _ = resolve_filesystem(manifest.root, cfg.s3_endpoint, max_attempts=cfg.s3_max_attempts)
-    paths = [uri_path(u) for u in manifest.shard_uris(split)]
-    fuse_args = (None, None) if cfg.decode_pool == "actors" else (cfg.decode_actors, cfg.decode_cpus)
-    ds = _read_shards(paths, fs, FileShuffleConfig(seed=seed, reseed_after_execution=True) if training else None,
-                      cfg.decode_resources or None, *fuse_args)
+    source = ShardSource(paths=tuple(uri_path(u) for u in manifest.shard_uris(split)), fs=fs, seed=seed,
+                         epoch_key=f"{split}-{uuid.uuid4().hex}" if training else "")
     decoder_kwargs = {"clip_len": cfg.clip_len, "frame_stride": cfg.frame_stride, "crop_size": cfg.crop_size,
                       "resize_short": cfg.resize_short, "training": training,
                       "canonical_short_side": int(manifest.transcode.get("short_side", 0)),
                       "clips_per_video": cfg.clips_per_video, "max_eval_clips": cfg.max_eval_clips, "seed": seed,
                       "hflip": hflip, "hflip_label_map": flip_map}
-    decoder_kwargs["videos_per_part"] = _videos_per_part(clip_shape, num_clips / max(1, info.num_videos))
-    # batch_size=None: whole read blocks (no re-batching), which is what lets the read fuse in
-    common = {"batch_format": "numpy", "batch_size": None, "num_cpus": cfg.decode_cpus,
-              "resources": cfg.decode_resources or None, "zero_copy_batch": True}
-    if cfg.decode_pool == "actors":
-        ds = ds.map_batches(_RayClipDecoder, fn_constructor_kwargs=decoder_kwargs,
-                            compute=ray.data.ActorPoolStrategy(size=cfg.decode_actors), **common)
-    else:
-        ds = ds.map_batches(_decode_task, fn_kwargs=decoder_kwargs,
-                            compute=ray.data.TaskPoolStrategy(size=cfg.decode_actors), **common)
+    decode_args = {"source": source, "decoder_kwargs": decoder_kwargs,
+                   "videos_per_part": _videos_per_part(clip_shape, num_clips / max(1, info.num_videos))}
+    # one block per shard position; batch_size=None hands each task its whole block
+    ds = ray.data.from_items([{"position": p} for p in range(len(source.paths))],
+                             override_num_blocks=len(source.paths))
+    placement = {"num_cpus": cfg.decode_cpus, "resources": cfg.decode_resources or None,
+                 "memory": cfg.decode_memory_mb * 1024 * 1024}
+    common = {"batch_format": "numpy", "batch_size": None, "zero_copy_batch": True, **placement}
+    # Retry bounds go through map_batches' **ray_remote_args, deprecated in later Ray but the only
+    # way in 2.60 (Ray Data's own default is max_retries=-1: a task killed every time loops forever).
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        if cfg.decode_pool == "actors":
+            ds = ds.map_batches(_RayClipDecoder, fn_constructor_kwargs=decode_args,
+                                compute=ray.data.ActorPoolStrategy(size=cfg.decode_actors),
+                                max_restarts=cfg.decode_max_retries, max_task_retries=cfg.decode_max_retries, **common)
+        else:
+            ds = ds.map_batches(_decode_task, fn_kwargs=decode_args,
+                                compute=ray.data.TaskPoolStrategy(size=cfg.decode_actors),
+                                max_retries=cfg.decode_max_retries, **common)
     num_padding = (-num_clips) % num_consumers
     if num_padding:
-        pad = ray.data.range(num_padding).map_batches(_padding_rows, fn_kwargs={"clip_shape": clip_shape},
-                                                      batch_format="numpy")
+        pad = ray.data.from_items([{"id": i} for i in range(num_padding)]).map_batches(
+            _padding_rows, fn_kwargs={"clip_shape": clip_shape}, batch_format="numpy", **placement)
         ds = ds.union(pad)
     return ds, ClipDatasetInfo(num_videos=info.num_videos, num_clips=num_clips, num_padding=num_padding,
                                class_names=list(manifest.class_names), clip_shape=clip_shape,
-                               num_consumers=num_consumers, hflip=hflip)
+                               num_consumers=num_consumers, hflip=hflip, epoch_key=source.epoch_key)

@@ -6,7 +6,7 @@
         │ windows (sampling.py) → get_batch(contiguous indices): one seek, consecutive frames
         │ crop + flip into the preallocated output (transforms.py)
         ▼
-    clip rows {clip uint8 (T+1,S,S,3), label, video_id, video_index, clip_index, status, start}
+    clip rows {clip uint8 (T+1,S,S,3), label, video_id, video_index, clip_index, status, start, crop, flip}
 
 Each video yields a fixed number of rows — K in training, its evaluation window count otherwise —
 whatever happens, so epoch sizes are known in advance. A row that cannot be decoded yields the
@@ -106,8 +106,8 @@ class ClipDecoder:
             non-overlapping window, centre crop.
         clips_per_video: K (training).
         max_eval_clips: cap on evaluation windows per video (0 = all).
-        seed, epoch: randomness of video ``v``'s draws comes from ``(seed, epoch, v)`` only, so it
-            does not depend on which actor or batch decodes the row.
+        seed, epoch: training draw k of video v comes from ``(seed, epoch, v, k)`` only (see
+            :meth:`draws`), whichever actor or batch decodes the row.
         hflip: random horizontal flips in training (off for direction-dependent labels).
         hflip_label_map: class of the mirrored clip for each class (flipping "move right" makes
             "move left"); a flipped clip gets ``hflip_label_map[label]``. None: labels unchanged.
@@ -130,13 +130,24 @@ class ClipDecoder:
             return self.clips_per_video
         return num_eval_windows(num_frames, self.clip_len, self.frame_stride, self.max_eval_clips)
 
-    def _draws(self, video_index: int, num_frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def draws(self, video_index: int, num_frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Window starts ``(R,)``, crop positions ``(R,)`` and flips ``(R,)`` of a video's R rows.
+
+        Training draw k of video v comes from its own generator seeded with
+        ``(seed, epoch, v, k)``: it depends on nothing else (not on K, the batch, the decoder, or
+        how many times Ray executed the dataset), so an interrupted and resumed run draws exactly
+        what an uninterrupted one draws in the same epoch. Evaluation has no randomness: every
+        non-overlapping window, centre crop, no flip.
+        """
         if not self.training:
             starts = eval_starts(num_frames, self.clip_len, self.frame_stride, self.max_eval_clips)
             return starts, np.full(len(starts), CENTER), np.zeros(len(starts), dtype=bool)
-        rng = np.random.default_rng([self.seed, self.epoch, video_index])
-        starts = train_starts(num_frames, self.clip_len, self.frame_stride, self.clips_per_video, rng)
-        positions, flips = random_crop_params(rng, self.clips_per_video)
+        k = self.clips_per_video
+        starts, positions, flips = np.empty(k, dtype=np.int64), np.empty(k, dtype=np.int64), np.empty(k, dtype=bool)
+        for i in range(k):
+            rng = np.random.default_rng([self.seed, self.epoch, video_index, i])
+            starts[i] = train_starts(num_frames, self.clip_len, self.frame_stride, 1, rng)[0]
+            (positions[i],), (flips[i],) = random_crop_params(rng, 1)
         return starts, positions, flips & self.hflip
 
     def _decode_video(self, row: dict, out: np.ndarray, starts: np.ndarray, positions: np.ndarray,
@@ -162,7 +173,8 @@ class ClipDecoder:
         out = {"clip": np.zeros((total, t1, s, s, 3), dtype=np.uint8),
                "label": np.empty(total, dtype=np.int64), "video_id": np.empty(total, dtype=object),
                "video_index": np.empty(total, dtype=np.int64), "clip_index": np.empty(total, dtype=np.int32),
-               "status": np.zeros(total, dtype=np.uint8), "start": np.empty(total, dtype=np.int32)}
+               "status": np.zeros(total, dtype=np.uint8), "start": np.empty(total, dtype=np.int32),
+               "crop": np.empty(total, dtype=np.uint8), "flip": np.empty(total, dtype=bool)}
         with single_threaded_torch():
             self._decode_rows(batch, counts, out)
         return out
@@ -171,7 +183,7 @@ class ClipDecoder:
         j = 0
         for i, count in enumerate(counts):
             row = {k: batch[k][i] for k in INPUT_COLUMNS}
-            starts, positions, flips = self._draws(int(row["video_index"]), int(row["num_frames"]))
+            starts, positions, flips = self.draws(int(row["video_index"]), int(row["num_frames"]))
             sl = slice(j, j + count)
             try:
                 self._decode_video(row, out["clip"][sl], starts, positions, flips)
@@ -184,5 +196,5 @@ class ClipDecoder:
             if self.flip_labels is not None and int(row["label"]) >= 0:  # a mirrored clip shows the mirror class
                 out["label"][sl] = np.where(flips, self.flip_labels[int(row["label"])], int(row["label"]))
             out["video_index"][sl], out["clip_index"][sl] = int(row["video_index"]), np.arange(count)
-            out["start"][sl] = starts
+            out["start"][sl], out["crop"][sl], out["flip"][sl] = starts, positions, flips
             j += count

@@ -29,29 +29,26 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dynamonet.data.encode import Transcoded, TranscodeSettings, VideoRejected, transcode
-from dynamonet.data.shards import (
-    MANIFEST_NAME,
-    REJECTED_NAME,
-    SHARD_SCHEMA,
-    Manifest,
-    SplitInfo,
-    exists,
+from dynamonet.data.shards import MANIFEST_NAME, REJECTED_NAME, SHARD_SCHEMA, Manifest, SplitInfo, write_manifest
+from dynamonet.data.sources import SourceListing, VideoEntry, parse_source
+from dynamonet.storage import (
+    is_file,
+    is_remote,
     is_s3,
     join_uri,
     read_bytes,
     resolve_filesystem,
+    upload_dir,
     uri_path,
     write_bytes_atomic,
-    write_manifest,
 )
-from dynamonet.data.sources import SourceListing, VideoEntry, parse_source
 
 SHARD_META_KEY = b"dynamonet.shard"
 
@@ -71,6 +68,9 @@ class IngestOptions:
     seed: int = 0             # shard assignment permutation
     labels_hflip_invariant: bool = True   # recorded in the manifest; False disables training flips...
     hflip_label_map: list[int] | None = None  # ...unless this maps each class to its mirror image's class
+    task_resources: dict[str, float] = field(default_factory=dict)  # Ray executor: e.g. {decode: 1} on a cluster
+    task_memory_mb: int = 1024    # Ray executor: memory each shard task declares (sources, 64 encoded videos)
+    task_max_retries: int = 3     # Ray executor: re-runs of a shard task whose worker died (OOM kill, lost node)
 
 
 @dataclass
@@ -129,7 +129,7 @@ def plan_id(tasks: list[ShardTask], settings: TranscodeSettings, class_names: li
 
 def _existing(uri: str, pid: str, endpoint: str) -> ShardResult | None:
     fs, path = resolve_filesystem(uri, endpoint)
-    if not exists(fs, path):
+    if not is_file(fs, path):
         return None
     with fs.open_input_file(path) as fh:
         meta = pq.read_schema(fh).metadata or {}
@@ -242,8 +242,10 @@ def _run_ray(tasks: list[ShardTask], opts: IngestOptions, pid: str, progress: Pr
              ) -> tuple[list[ShardResult], list[str]]:
     import ray
 
-    # max_retries: Ray re-runs a task whose worker died (OOM kill, node loss); bad input never raises.
-    remote = ray.remote(num_cpus=1, max_retries=3)(process_shard)
+    # max_retries: Ray re-runs a task whose worker died (OOM kill, node loss), a bounded number of
+    # times; bad input never raises. resources: {decode: 1} on a cluster keeps ingest on CPU nodes.
+    remote = ray.remote(num_cpus=1, max_retries=opts.task_max_retries, memory=opts.task_memory_mb * 1024 * 1024,
+                        resources=opts.task_resources or None)(process_shard)
     opts_ref = ray.put(opts)
     pending = {remote.remote(t, opts_ref, pid): t for t in tasks}
     results, failed = [], []
@@ -273,6 +275,30 @@ def _run_threads(tasks: list[ShardTask], opts: IngestOptions, pid: str, progress
 
 RUNNERS: dict[str, Callable[..., tuple[list[ShardResult], list[str]]]] = {
     "local": _run_local, "threads": _run_threads, "ray": _run_ray}
+
+
+def for_cluster(opts: IngestOptions, generated: bool) -> IngestOptions:
+    """On a multi-node cluster the shard tasks run on other nodes: they request `decode` (never a GPU
+    node), the output must be object storage, and a local input is uploaded first when it was
+    generated here (the synthetic set), refused otherwise."""
+    from dynamonet.cluster.runtime import cluster_info, ingest_resources
+
+    info = cluster_info()
+    if not info.multinode:
+        return opts
+    if not is_remote(opts.output):
+        raise ValueError(f"--output: {opts.output!r} is a local path, and the ingest tasks run on other nodes of this "
+                         "multi-node cluster: write to s3://bucket/prefix")
+    if not is_remote(opts.input):
+        if not generated:
+            raise ValueError(f"--input: {opts.input!r} is on this node only; the ingest tasks of a multi-node cluster "
+                             "read their sources from object storage: copy them to s3:// first, or run with "
+                             "--executor threads on the node that holds them")
+        staged = opts.output.rstrip("/") + "-raw"
+        print(f"uploading the generated videos to {staged} for the ingest tasks", flush=True)
+        upload_dir(opts.input, staged, opts.endpoint)
+        opts = replace(opts, input=staged)
+    return replace(opts, task_resources=ingest_resources(info))
 
 
 @dataclass
@@ -326,7 +352,7 @@ def build_manifest(listing: SourceListing, results: Iterable[ShardResult], rejec
 def _invalidate_stale_manifest(opts: IngestOptions, pid: str) -> None:
     """A manifest of another plan must not describe shards this run is about to rewrite."""
     fs, path = resolve_filesystem(join_uri(opts.output, MANIFEST_NAME), opts.endpoint)
-    if exists(fs, path) and json.loads(read_bytes(fs, path)).get("plan_id") != pid:
+    if is_file(fs, path) and json.loads(read_bytes(fs, path)).get("plan_id") != pid:
         fs.delete_file(path)
 
 

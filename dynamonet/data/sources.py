@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
 
-from dynamonet.data.shards import read_bytes, resolve_filesystem
+from dynamonet.storage import read_bytes, resolve_filesystem
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp")
 SOURCES = ("ucf101", "hmdb51", "kinetics", "folder", "unlabeled", "synthetic")

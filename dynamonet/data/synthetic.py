@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -36,9 +37,10 @@ from dataclasses import asdict
 
 import numpy as np
 
-from dynamonet.config import SyntheticConfig
+from dynamonet.config import DataConfig, SyntheticConfig
 from dynamonet.data.encode import TranscodeSettings, encode_video
 from dynamonet.data.shards import MANIFEST_NAME
+from dynamonet.storage import is_file, is_remote, join_uri, resolve_filesystem
 
 GENERATOR_VERSION = 4  # 4: shuffled rows in shards, mirror label map
 # The first `num_classes` of these are used; the order keeps small subsets diverse.
@@ -206,16 +208,36 @@ def dataset_key(cfg: SyntheticConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+DEFAULT_CACHE = os.path.join("~", ".cache", "dynamonet")
+
+
+def synthetic_root(data: DataConfig) -> str:
+    """The embedded dataset of a data config (empty ``data.root``): built once, under
+    ``<data.cache_dir>/synthetic/`` (``~/.cache/dynamonet`` by default, or an ``s3://`` prefix)."""
+    cache = data.cache_dir or DEFAULT_CACHE
+    return ensure_synthetic_dataset(data.synthetic, join_uri(cache, "synthetic") if is_remote(cache)
+                                    else os.path.join(cache, "synthetic"))
+
+
 def ensure_synthetic_dataset(cfg: SyntheticConfig, cache_dir: str = "") -> str:
     """Build (once) and return the shard root of the synthetic dataset described by ``cfg``.
 
-    The root is ``<cache_dir>/synthetic-<key>``; a second call with the same config returns at
-    once. Concurrent callers (the trials of a sweep on a cold cache) take an exclusive
-    ``flock`` on ``<cache_dir>/.synthetic-<key>.lock``: one builds, the others wait and then use
-    its result. The build itself goes to a private temp dir renamed into place, so a killed
-    builder leaves nothing half-written (and the kernel releases its lock).
+    The root is ``<cache_dir>/synthetic-<key>``, a local directory or an ``s3://`` prefix (the
+    cluster's shared storage, see dynamonet/cluster/runtime.py); a second call with the same config
+    returns at once. Locally, concurrent callers (the trials of a sweep on a cold cache) take an
+    exclusive ``flock`` on ``<cache_dir>/.synthetic-<key>.lock``: one builds, the others wait and
+    then use its result; the build goes to a private temp dir renamed into place, so a killed
+    builder leaves nothing half-written (and the kernel releases its lock). On S3 there is no lock:
+    the shards are a pure function of ``cfg`` and ``manifest.json`` is written last, so concurrent
+    builders write the same objects and readers only ever see a complete set.
     """
-    cache_dir = os.path.expanduser(cache_dir or os.path.join("~", ".cache", "dynamonet"))
+    if is_remote(cache_dir):
+        final = join_uri(cache_dir, f"synthetic-{dataset_key(cfg)}")
+        fs, path = resolve_filesystem(final)
+        if not is_file(fs, f"{path}/{MANIFEST_NAME}"):
+            _build(cfg, final)
+        return final
+    cache_dir = os.path.expanduser(cache_dir or DEFAULT_CACHE)
     final = os.path.join(cache_dir, f"synthetic-{dataset_key(cfg)}")
     if os.path.exists(os.path.join(final, MANIFEST_NAME)):
         return final
@@ -246,21 +268,26 @@ def _exclusive(lock_path: str) -> Iterator[None]:
 
 
 def _build(cfg: SyntheticConfig, final: str) -> None:
+    """Render the videos into a private temp dir and ingest them to ``final`` (local: through a
+    temp dir renamed into place; S3: straight to the bucket, manifest last)."""
     from dynamonet.data.ingest import IngestOptions, run_ingest  # ingest imports Ray lazily
 
-    work = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+    remote = is_remote(final)
+    work = tempfile.mkdtemp(prefix="dynamonet-synthetic-") if remote else f"{final}.tmp-{uuid.uuid4().hex[:8]}"
     t0 = time.perf_counter()
     try:
         n = generate_videos(cfg, os.path.join(work, "raw"))
-        opts = IngestOptions(source="synthetic", input=os.path.join(work, "raw"), output=os.path.join(work, "shards"),
+        opts = IngestOptions(source="synthetic", input=os.path.join(work, "raw"),
+                             output=final if remote else os.path.join(work, "shards"),
                              transcode=transcode_settings(cfg), videos_per_shard=64, labels_hflip_invariant=False,
                              hflip_label_map=mirror_label_map(sorted(class_names(cfg.num_classes))))
         run_ingest(opts, executor="threads", progress=False, verbose=False)
-        try:
-            os.rename(os.path.join(work, "shards"), final)
-        except OSError:
-            if not os.path.exists(os.path.join(final, MANIFEST_NAME)):
-                raise
+        if not remote:
+            try:
+                os.rename(os.path.join(work, "shards"), final)
+            except OSError:
+                if not os.path.exists(os.path.join(final, MANIFEST_NAME)):
+                    raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"synthetic dataset: {n} videos ({cfg.num_classes} classes, {cfg.num_frames} frames, {cfg.size}px) "

@@ -51,8 +51,17 @@ def save_checkpoint(directory: str, *, model: nn.Module, optimizer: torch.optim.
     return path
 
 
+def best_metric(cfg: Any) -> tuple[str, str] | None:
+    """``(metric, mode)`` that picks a run's best checkpoint: ``val/top1`` with a classifier, the
+    validation frame-prediction loss in pretraining; None without a validation split."""
+    if not cfg.data.val_split:
+        return None
+    return ("val/loss_fp", "min") if cfg.model.mode == "pretrain" else ("val/top1", "max")
+
+
 def resolve_checkpoint(uri: str, endpoint: str = "") -> str:
-    """Accept a ``checkpoint.pt`` file, a checkpoint directory, or a run directory (latest epoch)."""
+    """Accept a ``checkpoint.pt`` file, a checkpoint directory (``checkpoint_epochNNNN``,
+    ``checkpoint_best``), or a run directory (its latest epoch checkpoint)."""
     fs, path = storage.open_fs(uri, endpoint)
     info = fs.get_file_info(path)
     if info.type == storage.pafs.FileType.File:

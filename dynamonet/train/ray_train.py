@@ -1,10 +1,13 @@
 """The Ray Train driver: from a validated Config to a finished, checkpointed run.
 
     Config ──► checks on the driver (model builds, dataset readable, clip fits, run/config match)
-           ──► ray.init (local, oversubscribed) or connect (RAY_ADDRESS / ray job submit)
+           ──► connect (RAY_ADDRESS / ray job submit): on a multi-node cluster, shared paths under
+               DYNAMONET_STORAGE and placement on trainer/decode nodes (dynamonet.cluster.runtime);
+               or start a local, oversubscribed Ray
            ──► Ray Data clip streams (train: K random clips/video; val: every clip)
            ──► TorchTrainer(train_loop_per_worker, ScalingConfig, RunConfig(name, storage_path,
-                            FailureConfig(max_failures)), datasets) .fit()
+                            FailureConfig(max_failures), CheckpointConfig(keep_checkpoints)), datasets)
+               .fit(); callbacks: TensorBoard (with the run's hyperparameters), best checkpoint copy
            ──► result.json + TensorBoard events + the final line
 
 Everything that can be wrong with a configuration is found before a single worker starts, and
@@ -29,6 +32,9 @@ from dynamonet.config import Config, DataConfig
 
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "dynamonet")
 CONFIG_FILE = "dynamonet_config.yaml"
+# Hyperparameters every run shows in TensorBoard's HParams view (a sweep adds its swept keys).
+HPARAM_KEYS = ("model.arch", "model.mode", "model.kernel_size", "data.clip_len", "loss.alpha", "loss.beta",
+               "optim.lr", "data.batch_size", "train.num_workers", "train.seed")
 
 
 @dataclass
@@ -47,17 +53,17 @@ class RunSpec:
     init_state: Any = None
     resumed_epoch: int = 0
     transcode: dict = field(default_factory=dict)  # the manifest's canonical format (predict.py needs it)
+    epoch_key: str = ""  # where the training loop publishes the epoch of the train stream
+    hparams: dict = field(default_factory=dict)  # shown in TensorBoard's HParams view
 
 
 def effective_data(cfg: Config) -> DataConfig:
     """``cfg.data`` with an empty root replaced by the cached embedded synthetic dataset."""
     if cfg.data.root:
         return cfg.data
-    from dynamonet.data import ensure_synthetic_dataset
+    from dynamonet.data.synthetic import synthetic_root
 
-    cache = cfg.data.cache_dir or DEFAULT_CACHE
-    root = ensure_synthetic_dataset(cfg.data.synthetic, os.path.join(cache, "synthetic"))
-    return replace(cfg.data, root=root)
+    return replace(cfg.data, root=synthetic_root(cfg.data))
 
 
 def init_ray(cfg: Config) -> None:
@@ -70,7 +76,7 @@ def init_ray(cfg: Config) -> None:
 
     if ray.is_initialized():
         return
-    address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS", "")
+    address = ray_address(cfg)
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
@@ -78,6 +84,31 @@ def init_ray(cfg: Config) -> None:
         # address="local": a bare ray.init() would attach to any `ray start` cluster on this machine.
         ray.init(address="local", num_cpus=cpus, include_dashboard=True, log_to_driver=True)
     quiet_data_context()
+
+
+def ray_address(cfg: Config) -> str:
+    """The cluster to connect to: ``run.ray_address``, else ``RAY_ADDRESS`` ("" = start a local Ray)."""
+    return cfg.run.ray_address or os.environ.get("RAY_ADDRESS", "")
+
+
+def connect_for_cluster(cfg: Config) -> Config:
+    """When joining an existing Ray (a job, a Tune trial): connect, and on a multi-node cluster put
+    shared paths under ``DYNAMONET_STORAGE`` and workers on their nodes (see
+    :mod:`dynamonet.cluster.runtime`). A local Ray is started later, after the checks."""
+    import ray
+
+    if not ray.is_initialized() and not ray_address(cfg):
+        return cfg
+    from dynamonet.cluster.runtime import cluster_info, resolve_for_cluster
+
+    init_ray(cfg)
+    info = cluster_info()
+    resolved = resolve_for_cluster(cfg, info)
+    if info.multinode and resolved is not cfg:
+        print(f"[cluster] {info.describe()}: storage {resolved.run.storage_path}, "
+              f"Train workers request {resolved.train.worker_resources or '{}'}, "
+              f"decoders {resolved.data.decode_resources or '{}'}", flush=True)
+    return resolved
 
 
 def quiet_data_context() -> None:
@@ -138,7 +169,8 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 def prepare_run(cfg: Config, *, build_datasets: bool = True) -> RunSpec:
     """Validate everything on the driver, start Ray, build the datasets; no worker starts here."""
     check_model(cfg)
-    cfg, storage_path, run_uri = resolve_run(cfg)  # name and resume rules: before Ray starts too
+    cfg = connect_for_cluster(cfg)
+    cfg, storage_path, run_uri = resolve_run(cfg)  # name and resume rules: before a local Ray starts too
     if cfg.data.root:  # a real dataset: check it before Ray starts
         data = cfg.data
         manifest = _open(data, cfg)
@@ -155,7 +187,7 @@ def prepare_run(cfg: Config, *, build_datasets: bool = True) -> RunSpec:
     quiet_data_context()  # also in Tune trials, whose processes did not run init_ray
     spec = RunSpec(cfg=cfg, name=cfg.run.name, storage_path=storage_path, run_uri=run_uri, data=data,
                    class_names=class_names, num_classes=num_classes, steps_per_epoch=1,
-                   transcode=dict(manifest.transcode))
+                   transcode=dict(manifest.transcode), hparams=run_hparams(cfg))
     fs, run_path = storage.open_fs(run_uri, cfg.data.s3_endpoint)
     spec.resumed_epoch = max((e for e, _ in storage.list_checkpoints(fs, run_path)), default=0)
     if cfg.run.init_from and spec.resumed_epoch == 0:
@@ -231,10 +263,10 @@ def _build_datasets(spec: RunSpec, manifest: Any) -> None:
     from dynamonet.data import build_clip_dataset
 
     cfg, w = spec.cfg, spec.cfg.train.num_workers
-    cols = ["clip", "label", "video_index", "clip_index", "status"]
+    cols = ["clip", "label", "video_index", "clip_index", "status", "start", "crop", "flip"]
     train, tinfo = build_clip_dataset(spec.data, cfg.data.train_split, training=True, num_consumers=w,
                                       manifest=manifest, seed=cfg.train.seed)
-    spec.datasets = {"train": train.select_columns(cols)}
+    spec.datasets, spec.epoch_key = {"train": train.select_columns(cols)}, tinfo.epoch_key
     val_note = "no validation split"
     if cfg.data.val_split:
         val, vinfo = build_clip_dataset(spec.data, cfg.data.val_split, training=False, num_consumers=w,
@@ -248,6 +280,18 @@ def _build_datasets(spec: RunSpec, manifest: Any) -> None:
           f"{w} workers × {spec.steps_per_epoch} steps of {cfg.data.batch_size}", flush=True)
 
 
+def run_hparams(cfg: Config, keys: tuple[str, ...] = HPARAM_KEYS) -> dict[str, Any]:
+    """``{key: value}`` of ``keys`` in ``cfg`` (dotted), for TensorBoard's HParams view."""
+    flat = cfg.to_dict()
+    out = {}
+    for key in keys:
+        node: Any = flat
+        for part in key.split("."):
+            node = node[part]
+        out[key] = node
+    return out
+
+
 def tensorboard_dir(spec: RunSpec) -> str:
     """Event files go next to the checkpoints for local runs, under the cache for S3 runs."""
     if storage.is_remote(spec.run_uri):
@@ -255,12 +299,17 @@ def tensorboard_dir(spec: RunSpec) -> str:
     return os.path.join(spec.run_uri, "tensorboard")
 
 
-def _tensorboard_callback(spec: RunSpec) -> Any:
-    """Events in :func:`tensorboard_dir`; for S3 runs also copied to ``<run>/tensorboard`` after each report."""
-    from dynamonet.train.tensorboard import TensorBoardCallback
+def _callbacks(spec: RunSpec) -> list:
+    """TensorBoard events (copied to ``<run>/tensorboard`` for S3 runs) and the best-checkpoint copy."""
+    from dynamonet.train.callbacks import BestCheckpointCallback, TensorBoardCallback
+    from dynamonet.train.checkpoint import best_metric
 
     upload = posixpath.join(spec.run_uri, "tensorboard") if storage.is_remote(spec.run_uri) else ""
-    return TensorBoardCallback(tensorboard_dir(spec), upload, spec.cfg.data.s3_endpoint)
+    callbacks = [TensorBoardCallback(tensorboard_dir(spec), upload, spec.cfg.data.s3_endpoint, hparams=spec.hparams)]
+    metric = best_metric(spec.cfg)
+    if metric is not None:
+        callbacks.append(BestCheckpointCallback(spec.run_uri, spec.cfg.data.s3_endpoint, *metric))
+    return callbacks
 
 
 def build_trainer(spec: RunSpec, callbacks: list | None = None, name: str | None = None) -> Any:
@@ -270,17 +319,17 @@ def build_trainer(spec: RunSpec, callbacks: list | None = None, name: str | None
 
     from dynamonet.train.worker import train_loop_per_worker
 
+    # The dashboard's Train page lists runs and workers only with state tracking on; the trainer
+    # reads the variable when it is built, in this process, and passes it to its controller.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
     cfg = spec.cfg
     resources = {"CPU": cfg.train.cpus_per_worker, **cfg.train.worker_resources}
     if cfg.train.use_gpu:
         resources["GPU"] = cfg.train.gpus_per_worker
-    storage_fs = None
-    storage_path = spec.storage_path
-    if storage.is_remote(storage_path):
-        storage_fs, storage_path = storage.open_fs(storage_path, cfg.data.s3_endpoint)
+    storage_path, storage_fs = storage.ray_storage(spec.storage_path, cfg.data.s3_endpoint)
     loop_config = {"config": cfg.to_dict(), "num_classes": spec.num_classes, "class_names": spec.class_names,
                    "steps_per_epoch": spec.steps_per_epoch, "init_state": spec.init_state,
-                   "transcode": spec.transcode}
+                   "transcode": spec.transcode, "epoch_key": spec.epoch_key, "run_uri": spec.run_uri}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -289,8 +338,9 @@ def build_trainer(spec: RunSpec, callbacks: list | None = None, name: str | None
         run_config=ray.train.RunConfig(
             name=name or spec.name, storage_path=storage_path, storage_filesystem=storage_fs,
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints or None),
             logging_config=ray.train.LoggingConfig(log_level=os.environ.get("DYNAMONET_TRAIN_LOG_LEVEL", "WARNING")),
-            callbacks=[_tensorboard_callback(spec), *(callbacks or [])]),
+            callbacks=[*_callbacks(spec), *(callbacks or [])]),
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
         datasets=spec.datasets,
     )
@@ -310,11 +360,19 @@ def run_training(cfg: Config) -> dict[str, Any]:
     out = {"run": spec.name, "path": spec.run_uri, "mode": spec.cfg.model.mode,
            "checkpoint": result.checkpoint.path if result.checkpoint else None,
            "metrics": {k: v for k, v in (result.metrics or {}).items() if _jsonable(v)},
+           "best_checkpoint": best_checkpoint_uri(spec),
            "wall_time_s": time.perf_counter() - t0, "class_names": spec.class_names,
            "tensorboard": tensorboard_dir(spec), "config": spec.cfg.to_dict()}
     fs, run_path = storage.open_fs(spec.run_uri, cfg.data.s3_endpoint)
     storage.write_bytes(fs, posixpath.join(run_path, "result.json"), json.dumps(out, indent=2).encode())
     return out
+
+
+def best_checkpoint_uri(spec: RunSpec) -> str | None:
+    """``<run>/checkpoint_best`` if the run has one."""
+    fs, run_path = storage.open_fs(spec.run_uri, spec.cfg.data.s3_endpoint)
+    best = posixpath.join(run_path, storage.BEST_CHECKPOINT, "checkpoint.pt")
+    return posixpath.join(spec.run_uri, storage.BEST_CHECKPOINT) if storage.is_file(fs, best) else None
 
 
 def _jsonable(v: Any) -> bool:

@@ -3,19 +3,28 @@
 Plain PyTorch with the few Ray lines marked ``# RAY``, in the style of Ray's Train examples:
 
     config dict ──► Config ──► model (DDP via prepare_model) ──► resume from get_checkpoint()
-    for epoch: get_dataset_shard("train").iter_torch_batches ──► train_one_epoch
+    for epoch: publish_epoch(train stream, epoch)      (the decoders draw for this epoch)
+               get_dataset_shard("train").iter_torch_batches ──► train_one_epoch
                get_dataset_shard("val").iter_torch_batches   ──► validate
                ray.train.report(metrics, checkpoint)   (every rank, every epoch: it is a barrier)
+
+Every report carries the latest validation metrics (``val/epoch`` says which epoch measured them),
+so a scheduler that ranks on ``val/top1`` has it at every epoch, also with ``train.eval_every > 1``.
+A data stream that fails raises :class:`~dynamonet.data.dataset.DataStreamError`, one line naming
+the shard at fault.
 
 Paper §3.2–3.3 (joint and self-supervised training), §4.3 (optimiser, schedule).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import posixpath
 import tempfile
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import ray
@@ -23,7 +32,9 @@ import ray.train
 import ray.train.torch
 import torch
 
+from dynamonet import storage
 from dynamonet.config import Config
+from dynamonet.data.dataset import DataStreamError, describe_data_error, publish_epoch
 from dynamonet.models import build_model_from_config
 from dynamonet.train.checkpoint import CHECKPOINT_FILE, save_checkpoint
 from dynamonet.train.engine import Progress, emit, train_one_epoch, validate
@@ -54,6 +65,38 @@ def _quiet_report_logs() -> None:
         logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
     except ImportError:  # another Ray layout: keep its logs
         pass
+
+
+def guarded(batches: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The batches of a Ray Data stream; a failure of the stream becomes one DataStreamError line."""
+    it = iter(batches)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except Exception as e:
+            raise DataStreamError(describe_data_error(e)) from e
+        yield batch
+
+
+DRAW_COLUMNS = ("video_index", "clip_index", "start", "crop", "flip")
+
+
+def recording(batches: Iterable[dict[str, Any]], rows: list[list[int]]) -> Iterator[dict[str, Any]]:
+    """Pass batches through, appending each real clip's draw (video, clip, window start, crop, flip)."""
+    for batch in batches:
+        ok = (batch["status"] == 0).cpu()
+        cols = [batch[c].cpu()[ok].tolist() for c in DRAW_COLUMNS]
+        rows.extend([int(v) for v in row] for row in zip(*cols, strict=True))
+        yield batch
+
+
+def write_draws(run_uri: str, endpoint: str, epoch: int, rank: int, rows: list[list[int]]) -> None:
+    """``<run>/draws/epoch_NNNN/rank_R.json``: the draws this rank trained on in ``epoch`` (1-based)."""
+    fs, run_path = storage.open_fs(run_uri, endpoint)
+    body = json.dumps({"columns": list(DRAW_COLUMNS), "rows": sorted(rows)}).encode()
+    storage.write_bytes(fs, posixpath.join(run_path, "draws", f"epoch_{epoch:04d}", f"rank_{rank}.json"), body)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, float]:
@@ -98,23 +141,34 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, float]:
     train_shard = ray.train.get_dataset_shard("train")  # RAY
     val_shard = ray.train.get_dataset_shard("val") if cfg.data.val_split else None  # RAY
     batch_kw = {"batch_size": cfg.data.batch_size, "device": device, "drop_last": False, "prefetch_batches": 2}
+    last_val = {k: v for k, v in metrics.items() if k.startswith("val/")}
     if start_epoch >= cfg.train.epochs:  # re-run of a finished run: report its final state once more
         if val_shard is not None:
-            res = validate(model, val_shard.iter_torch_batches(**batch_kw), cfg, device, num_classes, amp_dtype)
+            res = validate(model, guarded(val_shard.iter_torch_batches(**batch_kw)), cfg, device, num_classes,
+                           amp_dtype)
             metrics = {**metrics, **res.metrics}
         metrics["epoch"] = start_epoch
         ray.train.report(metrics)  # RAY
         return metrics
     for epoch in range(start_epoch, cfg.train.epochs):
         progress = Progress("train", epoch, cfg.train.epochs, steps, cfg.train.log_every)
-        train_kw = dict(batch_kw, local_shuffle_buffer_size=cfg.data.shuffle_buffer or None)
-        metrics = train_one_epoch(model, train_shard.iter_torch_batches(**train_kw), optimizer, schedule,
-                                  scaler, cfg, device, progress, amp_dtype)
+        publish_epoch(loop_config["epoch_key"], epoch)  # before iterating: the decoders draw for this epoch
+        train_kw = dict(batch_kw, local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
+                        local_shuffle_seed=(cfg.train.seed * 1_000_003 + epoch) * 1009 + rank)
+        batches = guarded(train_shard.iter_torch_batches(**train_kw))
+        draws: list[list[int]] = []
+        if cfg.run.record_draws:
+            batches = recording(batches, draws)
+        metrics = train_one_epoch(model, batches, optimizer, schedule, scaler, cfg, device, progress, amp_dtype)
+        if cfg.run.record_draws:
+            write_draws(loop_config["run_uri"], cfg.data.s3_endpoint, epoch + 1, rank, draws)
         last = epoch + 1 == cfg.train.epochs
         if val_shard is not None and (last or (epoch + 1) % cfg.train.eval_every == 0):
-            res = validate(model, val_shard.iter_torch_batches(**batch_kw), cfg, device, num_classes, amp_dtype)
-            metrics.update(res.metrics)
+            res = validate(model, guarded(val_shard.iter_torch_batches(**batch_kw)), cfg, device, num_classes,
+                           amp_dtype)
+            last_val = {**res.metrics, "val/epoch": float(epoch + 1)}
             schedule.epoch_end(res.metrics.get("val/loss"))
+        metrics.update(last_val)  # the latest validation, also on epochs without one (val/epoch says when)
         metrics["epoch"] = epoch + 1
         metrics["run/resumed_from_epoch"] = float(resumed_from)  # 0 = this worker group started fresh
         if rank == 0:

@@ -1,4 +1,4 @@
-"""Offline checks of the Ray cluster YAMLs in ``cluster/`` (issue 6): no cloud call, no network.
+"""Offline checks of the Ray cluster YAMLs in ``cluster/``: no cloud call, no network.
 
     cluster/*.yaml ──► PyYAML ──► Ray's prepare_config + validate_config (the schema `ray up` uses)
                                         │
@@ -19,34 +19,19 @@ the provider default ``ray_head_default`` / ``ray.head.default`` is silently mer
 ``provider`` keys (the schema allows any); unknown EC2 / GCE ``node_config`` keys; ingress no
 wider than SSH; token authentication on; no key material in the file.
 
-CLI::
+CLI (:mod:`dynamonet.cluster.__main__`)::
 
     python -m dynamonet.cluster check cluster/*.yaml
     python -m dynamonet.cluster gcp-network cluster/gpu.yaml   # the gcloud commands for its VPC
-
-For rehearsals, :func:`start_fake_cluster` brings ``cluster/fake_multinode.yaml`` up on private
-ports and :meth:`FakeCluster.stop` ends only that cluster's processes.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import copy
 import functools
-import glob
 import json
-import logging
 import os
 import re
-import secrets
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -353,137 +338,3 @@ def gcp_network_commands(config: dict[str, Any]) -> list[str]:
         cmds.append(f"{base} firewall-rules create {r['name']} --network={net['network']} --direction=INGRESS "
                     f"--allow={','.join(r['allow'])} {src} --target-tags={','.join(r['target_tags'])}")
     return cmds
-
-
-@dataclass
-class FakeCluster:
-    """A ``fake_multinode`` cluster started by :func:`start_fake_cluster` (Linux only)."""
-
-    address: str  # GCS address for ray.init(address=...)
-    temp_dir: str  # Ray's --temp-dir: every process of this cluster names it or the address
-    env: dict[str, str] = field(default_factory=dict)  # token auth settings a client process needs
-    dashboard: str = ""  # http://127.0.0.1:<port>: state API and job server
-
-    def pids(self) -> list[int]:
-        """This cluster's processes and their descendants, found through /proc."""
-        roots = []
-        for entry in os.listdir("/proc"):
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                    cmd = fh.read().replace(b"\0", b" ").decode(errors="replace") + " "
-            except (OSError, ValueError):
-                continue
-            if self.temp_dir in cmd or f"--address={self.address} " in cmd:
-                roots.append(int(entry))
-        found, frontier = set(roots), roots
-        while frontier:
-            children = []
-            for pid in frontier:
-                for path in glob.glob(f"/proc/{pid}/task/*/children"):
-                    with contextlib.suppress(OSError), open(path) as fh:
-                        children += [int(c) for c in fh.read().split()]
-            frontier = [c for c in children if c not in found]
-            found.update(frontier)
-        return sorted(found - {os.getpid()})
-
-    def stop(self, grace_s: float = 10.0) -> None:
-        """Stop only this cluster's processes (never `ray stop`: it kills every Ray of the user)."""
-        pids = self.pids()
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-            deadline = time.monotonic() + grace_s
-            while time.monotonic() < deadline and any(_alive(p) for p in pids):
-                time.sleep(0.2)
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
-    except OSError:
-        return False
-
-
-def start_fake_cluster(config_path: str, timeout_s: float = 60.0) -> FakeCluster:
-    """``RAY_FAKE_CLUSTER=1 ray start --head --num-cpus=0 --num-gpus=0 --autoscaling-config=...``
-    on free ports with a private temp dir, so it never collides with another Ray on the machine.
-
-    The fake provider's workers connect to port 6379 unless ``provider.gcs_address`` says
-    otherwise, so a copy of the config with that key is what Ray reads.
-    """
-    import ray._private.services
-
-    socks = [socket.socket() for _ in range(4)]
-    for s in socks:
-        s.bind(("", 0))
-    gcs, dashboard, client, agent = (s.getsockname()[1] for s in socks)
-    for s in socks:
-        s.close()
-    ip = ray._private.services.get_node_ip_address()
-    cluster = FakeCluster(f"{ip}:{gcs}", tempfile.mkdtemp(prefix="rfk", dir="/tmp"),  # short: socket paths
-                          dashboard=f"http://127.0.0.1:{dashboard}")
-    config = load_cluster_yaml(config_path)
-    config["provider"]["gcs_address"] = cluster.address
-    config_copy = os.path.join(cluster.temp_dir, "fake_multinode.yaml")
-    with open(config_copy, "w", encoding="utf-8") as fh:
-        yaml.safe_dump(config, fh)
-    cmd = ["ray", "start", "--head", "--num-cpus=0", "--num-gpus=0", f"--port={gcs}",
-           f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}",
-           f"--dashboard-agent-listen-port={agent}", f"--temp-dir={cluster.temp_dir}",
-           f"--autoscaling-config={config_copy}", "--disable-usage-stats"]
-    cluster.env["RAY_AUTH_MODE"] = "token"  # token auth on, as on the real clusters
-    has_token = os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or (
-        os.path.isfile(os.path.expanduser("~/.ray/auth_token")))
-    if not has_token:  # a private token for this cluster only
-        token_path = os.path.join(cluster.temp_dir, "auth_token")
-        with open(os.open(token_path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as fh:
-            fh.write(secrets.token_hex(32))
-        cluster.env["RAY_AUTH_TOKEN_PATH"] = token_path
-    env = {**os.environ, **cluster.env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
-    try:
-        subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=timeout_s)
-    except (subprocess.SubprocessError, OSError):
-        cluster.stop()
-        raise
-    return cluster
-
-
-def _format(summary: ClusterSummary) -> str:
-    lines = [f"{summary.path}: OK (provider {summary.provider})"]
-    for t in summary.node_types:
-        lines.append(f"  {t.name:<16} {t.role:<8} workers {t.min_workers}..{t.max_workers}  {t.resources}")
-    if summary.provider == "local":
-        lines.append("  worker roles and resources: set per box by worker_start_ray_commands")
-    else:
-        lines.append(f"  at max size: GPU {summary.total('GPU')}, {TRAIN_RESOURCE} {summary.total(TRAIN_RESOURCE)}, "
-                     f"{DECODE_RESOURCE} {summary.total(DECODE_RESOURCE)}")
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dynamonet.cluster", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_check = sub.add_parser("check", help="validate cluster YAMLs offline and print their resources")
-    p_check.add_argument("paths", nargs="+", help="cluster YAML files")
-    p_net = sub.add_parser("gcp-network", help="print the gcloud commands for a GCP YAML's VPC and firewall")
-    p_net.add_argument("path", help="a GCP cluster YAML (cluster/gpu.yaml)")
-    args = parser.parse_args(argv)
-    logging.getLogger("ray.autoscaler").setLevel(logging.WARNING)  # quiet prepare_config's INFO lines
-    if args.command == "gcp-network":
-        print("\n".join(gcp_network_commands(load_cluster_yaml(args.path))))
-        return 0
-    failed = 0
-    for path in args.paths:
-        try:
-            print(_format(check_file(path)))
-        except (ClusterConfigError, OSError, yaml.YAMLError) as e:
-            print(f"FAILED {e}", file=sys.stderr)
-            failed += 1
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

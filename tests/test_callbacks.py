@@ -5,7 +5,7 @@ from __future__ import annotations
 import glob
 import os
 
-from dynamonet.train.tensorboard import TensorBoardCallback
+from dynamonet.train.callbacks import TensorBoardCallback
 
 
 def test_events_of_an_s3_run_are_uploaded_after_every_report(tmp_path, s3_server):
