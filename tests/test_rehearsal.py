@@ -72,7 +72,8 @@ def keys(cluster: Any, prefix: str) -> list[str]:
     bucket, _, root = cluster.storage.removeprefix("s3://").partition("/")
     full = f"{root}/{prefix}".strip("/")
     pages = s3(cluster).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=full)
-    return sorted(o["Key"][len(root) + 1:] for page in pages for o in page.get("Contents", []))
+    return sorted(o["Key"][len(root) + 1:] for page in pages for o in page.get("Contents", [])
+                  if not o["Key"].endswith("/"))  # not the directory markers pyarrow writes
 
 
 def read_key(cluster: Any, rel: str) -> bytes:
@@ -155,10 +156,182 @@ def test_embedded_default_without_arguments_on_the_cluster(rehearsal):
     done = [ln for ln in p.stdout.splitlines() if ln.startswith("DONE run=embedded-joint-")]
     assert len(done) == 1 and re.search(r"val_top1=0\.\d{4}", done[0]), p.stdout[-3000:]
     run = done[0].split()[1].removeprefix("run=")
-    assert f"[cluster] multi-node cluster" in p.stdout
+    assert "[cluster] multi-node cluster" in p.stdout
     synthetic = [k for k in keys(rehearsal, "cache/synthetic/") if k.endswith("manifest.json")]
     assert len(synthetic) == 1  # built by the driver into the bucket, read by the decode node
     stored = keys(rehearsal, f"runs/{run}/")
     assert f"runs/{run}/result.json" in stored and any("/tensorboard/events.out.tfevents" in k for k in stored)
     tasks, actors = placement(rehearsal)
     assert tasks["MapBatches(_decode_task)"] == {"decode"} and actors["RayTrainWorker"] == {"trainer"}
+
+
+@pytest.fixture(scope="module")
+def tiny(rehearsal):
+    """`prepare_data.py` on the cluster: a tiny generated set ingested into the bucket."""
+    p = submit(rehearsal, "pipelines/prepare_data.py", "--source", "synthetic", "--output",
+               f"{rehearsal.storage}/{TINY}", "--videos-per-shard", "32", "--no-progress",
+               *[f"--synthetic={kv}" for kv in ("num_classes=4", "train_per_class=48", "val_per_class=3",
+                                                 "num_frames=12", "size=32")])
+    assert p.returncode == 0
+    assert f"{TINY}/manifest.json" in keys(rehearsal, TINY)
+    return f"{rehearsal.storage}/{TINY}"
+
+
+def test_prepare_train_evaluate_predict_with_data_and_runs_in_the_bucket(rehearsal, tiny):
+    p = submit(rehearsal, "pipelines/train_joint.py", *settings(3), "--name", "s3run")
+    assert p.returncode == 0 and "DONE run=s3run epochs=3" in p.stdout
+    run = keys(rehearsal, "runs/s3run/")
+    # retention: the last 2 epoch checkpoints, plus a copy of the best by val/top1
+    assert sorted({k.split("/")[2] for k in run if k.split("/")[-1] == "checkpoint.pt"}) == [
+        "checkpoint_best", "checkpoint_epoch0002", "checkpoint_epoch0003"]
+    best = json.loads(read_key(rehearsal, "runs/s3run/checkpoint_best/best.json"))
+    assert best["metric"] == "val/top1" and 1 <= best["epoch"] <= 3
+    result = json.loads(read_key(rehearsal, "runs/s3run/result.json"))
+    assert result["best_checkpoint"] == f"{rehearsal.storage}/runs/s3run/checkpoint_best"
+
+    # the dashboard's Train page lists the run and its workers (state tracking on by default)
+    runs = rehearsal.http_json("/api/train/v2/runs/v1")["train_runs"]
+    mine = [r for r in runs if r["name"] == "s3run"]
+    assert mine and mine[0]["status"] == "FINISHED"
+    workers = [w for a in mine[0]["attempts"] for w in a["workers"]]
+    roles = rehearsal.roles()
+    assert len(workers) == 2 and {roles[w["node_id"]] for w in workers} == {"trainer"}
+
+    e = submit(rehearsal, "pipelines/evaluate.py", "--checkpoint", f"{rehearsal.storage}/runs/s3run")
+    assert e.returncode == 0 and "EVAL top1=" in e.stdout
+    reports = keys(rehearsal, "runs/s3run/eval/val/")
+    assert {"metrics.json", "per_class.csv", "confusion_matrix.png"} == {k.rsplit("/", 1)[1] for k in reports}
+    metrics = json.loads(read_key(rehearsal, "runs/s3run/eval/val/metrics.json"))
+    assert metrics["num_videos"] == 12 and metrics["split"] == "val"
+
+    video = _upload_motion_video(rehearsal, "videos/up.mp4", "translate_up")
+    q = submit(rehearsal, "pipelines/predict.py", video, "--checkpoint",
+               f"{rehearsal.storage}/runs/s3run/checkpoint_best", "--save-figure", f"{rehearsal.storage}/videos/fig.png")
+    assert q.returncode == 0
+    ranks = [ln for ln in q.stdout.splitlines() if re.match(r"\s+\d\. translate_", ln)]
+    assert len(ranks) == 4
+    assert read_key(rehearsal, "videos/fig.png")[:8] == b"\x89PNG\r\n\x1a\n"
+
+    tasks, actors = placement(rehearsal)
+    assert tasks["process_shard"] == {"decode"}  # ingest
+    assert tasks["MapBatches(_decode_task)"] == {"decode"}  # decoding, in training and evaluation
+    assert actors["RayTrainWorker"] == {"trainer"} and tasks["score_split"] == {"trainer"}
+
+
+def _upload_motion_video(cluster: Any, rel: str, motion: str) -> str:
+    import numpy as np
+
+    from dynamonet.data.encode import encode_video
+    from dynamonet.data.synthetic import render_video
+
+    data = encode_video(render_video(motion, np.random.default_rng(123), 16, 40), 25.0)
+    bucket, _, root = cluster.storage.removeprefix("s3://").partition("/")
+    s3(cluster).put_object(Bucket=bucket, Key=f"{root}/{rel}", Body=data)
+    return f"{cluster.storage}/{rel}"
+
+
+def test_pretrain_then_joint_init_from_the_bucket(rehearsal, tiny):
+    p = submit(rehearsal, "pipelines/pretrain.py", *settings(1), "--name", "pre")
+    assert p.returncode == 0 and "DONE run=pre epochs=1" in p.stdout and "val_top1=n/a" in p.stdout
+    q = submit(rehearsal, "pipelines/train_joint.py", *settings(1), "--name", "ft", "--init-from",
+               f"{rehearsal.storage}/runs/pre")
+    assert q.returncode == 0 and "DONE run=ft epochs=1" in q.stdout
+    init = next(ln for ln in q.stdout.splitlines() if ln.startswith(f"[init] from {rehearsal.storage}/runs/pre"))
+    assert int(re.search(r"loaded (\d+)", init).group(1)) > 10 and "classifier" in init
+
+
+def _hparams_of(event_bytes: bytes, tmp_path: Any) -> dict[str, Any]:
+    """The HParams session of one TensorBoard event file: {hyperparameter: value}."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    path = tmp_path / f"events.out.tfevents.{time.monotonic_ns()}"
+    path.write_bytes(event_bytes)
+    acc = EventAccumulator(str(path))
+    acc.Reload()
+    out: dict[str, Any] = {}
+    for content in acc.PluginTagToContent("hparams").values():
+        data = HParamsPluginData.FromString(content)
+        if data.HasField("session_start_info"):
+            for k, v in data.session_start_info.hparams.items():
+                out[k] = v.number_value if v.HasField("number_value") else v.string_value
+    return out
+
+
+def test_sweep_in_the_bucket_interrupted_and_resumed(rehearsal, tmp_path):
+    sweep = "sweeps/smoke"
+    args = ["tune/sweep.py", "--space", "tune/spaces/smoke.yaml", "--set", "run.storage_path=sweeps"]
+    first = submit(rehearsal, *args, wait=False)
+    sid = job_id(first)
+    # wait until Tune has saved the first trial as finished, then stop the job
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        states = [k for k in keys(rehearsal, f"{sweep}/") if re.search(r"/experiment_state-[^/]+\.json$", k)]
+        if states and b"TERMINATED" in read_key(rehearsal, max(states)):
+            break
+        assert job_status(rehearsal, sid) in ("PENDING", "RUNNING"), job_logs(rehearsal, sid)[-3000:]
+        time.sleep(1)
+    else:
+        raise AssertionError("no trial finished within 600 s")
+    subprocess.run(["ray", "job", "stop", "--address", rehearsal.dashboard, sid], env=rehearsal.client_env(),
+                   capture_output=True, timeout=120)
+    assert wait_job(rehearsal, sid, 120) == "STOPPED"
+    finished = {k.split("/")[3]: k for k in keys(rehearsal, f"{sweep}/trials/")
+                if k.endswith("checkpoint_epoch0002/checkpoint.pt")}
+    assert finished
+    stamps = {k: _last_modified(rehearsal, k) for k in finished.values()}
+
+    again = submit(rehearsal, *args, "--resume")
+    assert again.returncode == 0
+    assert "[sweep] resuming 'smoke'" in again.stdout and "SWEEP done: 3 trials" in again.stdout
+    assert all(_last_modified(rehearsal, k) == t for k, t in stamps.items())  # finished trials not redone
+    stored = keys(rehearsal, f"{sweep}/")
+    for name in ("results.csv", "best_config.yaml", "plot_model_kernel_size.png"):
+        assert f"{sweep}/{name}" in stored
+    trials = sorted({k.split("/")[3] for k in stored if k.startswith(f"{sweep}/trials/")})
+    assert len(trials) == 3
+    sizes = set()
+    for trial in trials:
+        events = [k for k in stored if k.startswith(f"{sweep}/trials/{trial}/tensorboard/events.out.tfevents")]
+        assert len(events) == 1, trial
+        hp = _hparams_of(read_key(rehearsal, events[0]), tmp_path)
+        assert {"model.kernel_size", "loss.alpha", "data.clip_len"} <= set(hp)
+        sizes.add(int(hp["model.kernel_size"]))
+    assert sizes == {3, 5, 7}
+
+
+def _last_modified(cluster: Any, rel: str) -> Any:
+    bucket, _, root = cluster.storage.removeprefix("s3://").partition("/")
+    return s3(cluster).head_object(Bucket=bucket, Key=f"{root}/{rel}")["LastModified"]
+
+
+def _draws(cluster: Any, run: str, epoch: int) -> list[tuple[int, ...]]:
+    rows = []
+    for k in keys(cluster, f"runs/{run}/draws/epoch_{epoch:04d}/"):
+        rows += [tuple(r) for r in json.loads(read_key(cluster, k))["rows"]]
+    return sorted(rows)
+
+
+def test_whole_node_lost_mid_epoch_resumes_and_continues_the_random_stream(rehearsal, tiny):
+    common = [*settings(4, **{"run.record_draws": "true", "train.seed": 5, "run.keep_checkpoints": 0})]
+    ref = submit(rehearsal, "pipelines/train_joint.py", *common, "--name", "stream-ref")
+    assert ref.returncode == 0
+
+    run = ["pipelines/train_joint.py", *common, "--name", "stream-cut", "--set", "train.epochs=3"]
+    job = submit(rehearsal, *run, wait=False)
+    sid = job_id(job)
+    wait_for_key(rehearsal, "runs/stream-cut/checkpoint_epoch0001/checkpoint.pt")
+    time.sleep(2)  # into epoch 2
+    killed = rehearsal.kill_node("trainer")  # every process of the node: raylet, workers, object store
+    assert not killed.processes()
+    rehearsal.add_node("trainer")  # a replacement joins
+    assert wait_job(rehearsal, sid, 600) == "SUCCEEDED", job_logs(rehearsal, sid)[-4000:]
+    result = json.loads(read_key(rehearsal, "runs/stream-cut/result.json"))
+    resumed = int(result["metrics"]["run/resumed_from_epoch"])
+    assert resumed in (1, 2), result["metrics"]  # lost at most the epoch it was in
+    # the same command with more epochs: the driver resumes the run
+    more = submit(rehearsal, *run[:-2], "--set", "train.epochs=4")
+    assert more.returncode == 0 and "resuming 'stream-cut' from epoch 3" in more.stdout
+    for epoch in range(1, 5):  # before the loss, after the restart, after the driver's resume
+        assert _draws(rehearsal, "stream-cut", epoch) == _draws(rehearsal, "stream-ref", epoch), epoch
+    assert _draws(rehearsal, "stream-ref", 2) != _draws(rehearsal, "stream-ref", 3)
