@@ -7,7 +7,7 @@ On the same UCF101-like source videos (320x240 MPEG-4 AVI, 25 fps, long GOP), in
   (a) raw decord: a single process decoding exactly the frames of each clip from the canonical
       shard bytes (open + one contiguous get_batch), no augmentation, no transport: the limit;
   (b) the Ray Data stream of build_clip_dataset from S3 on loopback (moto in its own process),
-      shard read fused into the decoder task pool (data.decode_pool, default tasks;
+      one decode task per shard reading it itself (data.decode_pool, default tasks;
       --decode-pool actors) + crops + flips, consumed as batches of 32 by the driver like a
       Train worker;
   (c) a torch DataLoader baseline of the kind PySlowFast/MMAction2 users run: decord on the
@@ -209,11 +209,13 @@ def ray_stream(root: str, endpoint: str, clips_per_video: int, actors: int, excl
                pool: str = "tasks") -> dict[str, float]:
     """(b) one epoch of build_clip_dataset from S3, consumed in batches of 32 by the driver."""
     from dynamonet.data import build_clip_dataset
+    from dynamonet.data.dataset import publish_epoch
 
     cfg = DataConfig(root=root, s3_endpoint=endpoint, clip_len=T, crop_size=CROP, resize_short=122,
                      clips_per_video=clips_per_video, decode_actors=actors, decode_cpus=1.0, val_split="",
                      decode_pool=pool)
     ds, info = build_clip_dataset(cfg, "train", training=True, seed=0)
+    publish_epoch(info.epoch_key, 0)  # what each training consumer does before an epoch
     clips, first = 0, None
     with Meter(exclude) as m:
         for batch in ds.iter_batches(batch_size=32, batch_format="numpy"):
@@ -376,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
                       AWS_ENDPOINT_URL=endpoint)
     moto = start_moto(port)
     try:
-        ray.init(num_cpus=2 * (os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2 * (os.cpu_count() or 1), include_dashboard=False,
+                 log_to_driver=False)  # never attach to another Ray on the machine
         ray.data.DataContext.get_current().enable_progress_bars = False
         with tempfile.TemporaryDirectory(prefix="dynamonet-bench-") as work:
             src, root, ingest_s = prepare(work, args.videos, args.frames, endpoint)

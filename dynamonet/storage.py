@@ -247,6 +247,8 @@ def write_bytes_atomic(uri: str, data: bytes, endpoint: str = "") -> None:
 def upload_dir(local_dir: str, uri: str, endpoint: str = "") -> None:
     """Copy a local directory's files to ``uri`` (whole files: S3 objects are replaced, never appended)."""
     fs, path = resolve_filesystem(uri, endpoint)
+    if isinstance(fs, pafs.LocalFileSystem):
+        fs.create_dir(path, recursive=True)  # a local destination needs its directories (S3 has none)
     pafs.copy_files(os.path.abspath(local_dir), path, source_filesystem=pafs.LocalFileSystem(),
                     destination_filesystem=fs)
 

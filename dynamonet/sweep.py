@@ -88,7 +88,7 @@ def load_space(path: str, overrides: list[str] | None = None) -> tuple[SweepSpac
     if not space.params:
         raise ValueError(f"{path}: params is empty: nothing to sweep")
     _check_scheduler(path, space.scheduler)
-    fixed = [f"{k}={_yaml(v)}" for k, v in space.set.items()] + list(overrides or [])
+    fixed = [f"{k}={v if isinstance(v, str) else _yaml(v)}" for k, v in space.set.items()] + list(overrides or [])
     try:
         base = load_config(recipe_path(space.recipe), fixed)
     except ValueError as e:

@@ -5,9 +5,9 @@
                 processes it starts (Ray workers included: ray_local depends on it)
     s3_bucket   a fresh bucket per test: "s3://<name>"
     ray_local   session: ray.init(num_cpus=6) (oversubscribed on purpose, see NOTES-ray.md)
-    ray_head    session: a `ray start --head` cluster on loopback (job server, dashboard) for the
+    ray_head    module: a `ray start --head` cluster on loopback (job server, dashboard) for the
                 end-to-end tests of the entry points (tests/pipeline_helpers.py)
-    rehearsal   session: the shared-nothing rehearsal cluster (dynamonet.cluster.rehearsal): a head,
+    rehearsal   module: the shared-nothing rehearsal cluster (dynamonet.cluster.rehearsal): a head,
                 a decode node and a trainer node, each in its own mount namespace with private tmpfs,
                 and its own moto server as the only shared medium
 
@@ -104,9 +104,15 @@ def ray_local(s3_server: S3Server) -> Iterator[object]:
         ray.shutdown()
 
 
-@pytest.fixture(scope="session")
+def pytest_collection_modifyitems(items: list) -> None:
+    """The rehearsal tests first: its three nodes then have the machine to themselves (the session's
+    other Ray instances start later), and the cluster is gone before they start."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("rehearsal") else 1)
+
+
+@pytest.fixture(scope="module")
 def rehearsal() -> Iterator[object]:
-    """One rehearsal cluster for every test that needs it (it takes ~10 s to start)."""
+    """One rehearsal cluster for the tests of a module (it takes ~10 s to start)."""
     from dynamonet.cluster import rehearsal as reh
 
     problem = reh.check_supported()
@@ -119,7 +125,7 @@ def rehearsal() -> Iterator[object]:
         cluster.down()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_head() -> Iterator[object]:
     from pipeline_helpers import ray_head_fixture
 

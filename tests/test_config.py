@@ -86,6 +86,10 @@ def test_refused_dataset_leaves_no_run_behind(tmp_path):
     save_run_config(cfg, run_uri)  # what prepare_run does once the dataset checks passed
     with pytest.raises(ValueError, match=r"^run.name: run 'r' already exists with a different config \(loss.alpha"):
         resolve_run(cfg.override("loss.alpha", 0.5))  # a genuine resume still refuses a changed config
+    # where the work runs and how long it trains may change on resume (a cluster, more epochs)...
+    placed = cfg.override("data.decode_resources", {"decode": 1}).override("train.worker_resources", {"trainer": 1})
+    assert resolve_run(placed.override("train.epochs", 30).override("data.decode_actors", 8))[0].run.name == "r"
+    assert resolve_run(cfg.override("loss.alpha", 0.5).override("run.force", True))[0].loss.alpha == 0.5  # ...--force
 
 
 def test_help_documents_every_key():
@@ -102,3 +106,18 @@ def test_unsupported_url_scheme_is_an_error_not_a_local_path():
         open_fs("gs://b/runs")
     fs, path = open_fs("file:///tmp/x")
     assert path == "/tmp/x"
+
+
+def test_a_failed_run_is_one_line_preferring_the_data_stream_error():
+    from dynamonet.train.ray_train import _root_cause
+
+    snippets = ("Training failed due to worker errors:\n[Rank 0 Error Snippet]:\nTraceback (most recent call last):\n"
+                '  File "worker.py", line 79, in guarded\n'
+                "dynamonet.data.dataset.DataStreamError: decoding shard s3://b/train/shard-00002.parquet failed: x\n"
+                "[Rank 1 Error Snippet]:\nTraceback (most recent call last):\nValueError: other\n")
+    assert _root_cause(RuntimeError(snippets)) == "DataStreamError: decoding shard s3://b/train/shard-00002.parquet failed: x"
+    assert _root_cause(RuntimeError("Traceback:\n  File x\nValueError: model.arch: bad\n")) == "ValueError: model.arch: bad"
+    inner = KeyError("k")
+    outer = RuntimeError("wrapped")
+    outer.__cause__ = inner
+    assert _root_cause(outer) == "KeyError: 'k'"

@@ -1,22 +1,18 @@
-"""Ray Tune sweeps (tune/sweep.py): space validation, a 3-trial sweep and its outputs, resume.
+"""Ray Tune sweeps (tune/sweep.py): space validation and the trial config.
 
-The sweep tests run ``tune/sweep.py`` as a subprocess against the session's ``ray start --head``
-cluster, on the tiny synthetic task of the pipeline tests; every trial is a real TorchTrainer run.
+A real 3-trial sweep, its outputs, its interruption and resume run on the rehearsal cluster
+(tests/test_rehearsal.py::test_sweep_in_the_bucket_interrupted_and_resumed).
 """
 
 from __future__ import annotations
 
-import csv
 import os
-import re
-import signal
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from pipeline_helpers import ROOT, LineReader, pipeline, popen, run, small_settings
+from pipeline_helpers import ROOT, run
 
 from dynamonet.sweep import load_space, trial_config
 
@@ -69,63 +65,3 @@ def test_trial_config_applies_the_sampled_values(tmp_path):
                                                               "loss.alpha": {"uniform": [0.0, 1.0]}}))
     cfg = trial_config({"sweep": "s", "params": {"model.kernel_size": 7, "loss.alpha": 0.25}}, base.to_dict(), "t1")
     assert cfg.model.kernel_size == 7 and cfg.loss.alpha == 0.25 and cfg.run.name == "s-t1"
-
-
-def _tiny_space(tmp_path: Path, name: str, concurrent: int) -> str:
-    sets = {}
-    for item in small_settings(str(tmp_path / "cache"), str(tmp_path / "runs"), 2)[1::2]:  # "--set", "k=v", ...
-        key, value = item.split("=", 1)
-        sets[key] = yaml.safe_load(value)
-    sets.update({"train.num_workers": 1, "train.log_every": 0})
-    return write_space(tmp_path / f"{name}.yaml", {"model.kernel_size": {"grid": [3, 5, 7]}}, set=sets,
-                       max_concurrent=concurrent, scheduler={"type": "asha", "grace_period": 2})
-
-
-def _rows(csv_path: Path) -> list[dict]:
-    with open(csv_path) as fh:
-        return list(csv.DictReader(fh))
-
-
-@pytest.mark.ray
-def test_three_trial_sweep_outputs_and_best_config_trains(ray_head, tmp_path):
-    space = _tiny_space(tmp_path, "three", concurrent=2)
-    p = run(sweep_cmd("--space", space), ray_head.client_env(), timeout=900)
-    assert p.returncode == 0
-    out = tmp_path / "runs" / "three"
-    rows = _rows(out / "results.csv")
-    assert sorted(int(r["model.kernel_size"]) for r in rows) == [3, 5, 7]
-    assert all(0.0 <= float(r["val/top1"]) <= 1.0 and r["status"] == "done" for r in rows)
-    assert [float(r["val/top1"]) for r in rows] == sorted((float(r["val/top1"]) for r in rows), reverse=True)
-    assert (out / "plot_model_kernel_size.png").read_bytes()[:4] == b"\x89PNG"
-    assert "SWEEP done: 3 trials" in p.stdout
-    for r in rows:  # TensorBoard events per trial
-        assert list((tmp_path / "runs" / f"three-{r['trial']}" / "tensorboard").glob("events.out.tfevents.*"))
-    best = out / "best_config.yaml"
-    assert yaml.safe_load(best.read_text())["model"]["kernel_size"] == int(rows[0]["model.kernel_size"])
-    q = run(pipeline("train_joint.py", "--config", str(best)), ray_head.client_env(), timeout=600)
-    assert q.returncode == 0 and "DONE run=three-best-joint" in q.stdout
-
-
-@pytest.mark.ray
-def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_head, tmp_path):
-    space = _tiny_space(tmp_path, "resume", concurrent=1)
-    cmd = sweep_cmd("--space", space)
-    proc = popen(cmd, ray_head.client_env())
-    out = LineReader(proc)
-    try:
-        line = out.wait_for("completed after 2 iterations", timeout=600)
-        out.wait_for("started with configuration", timeout=300)  # the next trial is running
-        time.sleep(5)  # > TUNE_GLOBAL_CHECKPOINT_S: the finished trial is in the saved state
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-    first = re.search(r"Trial train_trial_(\w+?) completed", line).group(1)
-    ckpt = tmp_path / "runs" / f"resume-{first}" / "checkpoint_epoch0002" / "checkpoint.pt"
-    before = ckpt.stat().st_mtime_ns
-    p = run(cmd, ray_head.client_env(), timeout=900)
-    assert p.returncode == 0
-    assert "[sweep] resuming 'resume'" in p.stdout and "SWEEP done: 3 trials" in p.stdout
-    assert ckpt.stat().st_mtime_ns == before  # the finished trial was not trained again
-    assert f"Trial train_trial_{first} started" not in p.stdout
-    rows = _rows(tmp_path / "runs" / "resume" / "results.csv")
-    assert sorted(int(r["model.kernel_size"]) for r in rows) == [3, 5, 7]

@@ -85,3 +85,36 @@ def test_bad_scheduler_fails_in_space_validation(tmp_path, scheduler, message):
     with pytest.raises(ValueError) as e:
         load_space(str(path))
     assert str(e.value).startswith(f"{path}: {message}")
+
+
+def test_asha_counts_epochs_and_trials_survive_a_lost_node(tmp_path):
+    """ASHA reads the ``epoch`` every report carries (after ``Tuner.restore`` Tune's own
+    training_iteration would start again at 1 while Train resumes at epoch e), and Tune restarts a
+    trial whose actor or node was lost (its Train run then resumes from its checkpoint)."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    from dynamonet.sweep import _scheduler, trial_config, trials_uri, tune_run_config
+
+    s, base = load_space(str(Path(__file__).resolve().parents[1] / "tune" / "spaces" / "smoke.yaml"))
+    sched = _scheduler(s, base, None)
+    assert isinstance(sched, ASHAScheduler) and sched._time_attr == "epoch" and sched._max_t == base.train.epochs
+    rc = tune_run_config(s, str(tmp_path))
+    assert rc.failure_config.max_failures == s.max_failures == 3 and rc.storage_path == str(tmp_path)
+    trials = trials_uri("s3://b/sweeps", s.name)
+    cfg = trial_config({"sweep": s.name, "params": {"model.kernel_size": 7}, "trials": trials}, base.to_dict(), "t9")
+    assert trials == "s3://b/sweeps/smoke/trials" and cfg.run.storage_path == trials and cfg.run.name == "smoke-t9"
+
+
+@pytest.mark.parametrize("sets,metric,message", [
+    ({"data.val_split": ""}, "val/top1", "no validation split"),
+    ({"model.mode": "pretrain"}, "val/top1", "model.mode=pretrain does not report it"),
+    ({}, "val/accuracy", "model.mode=joint does not report it"),
+])
+def test_a_metric_the_trials_would_not_report_is_refused_before_any_trial(tmp_path, sets, metric, message):
+    path = tmp_path / "metric.yaml"
+    path.write_text(yaml.safe_dump({"recipe": "embedded", "metric": metric, "set": sets,
+                                    "params": {"loss.alpha": {"grid": [0.0, 0.1]}}}))
+    with pytest.raises(ValueError) as e:
+        load_space(str(path))
+    assert str(e.value).startswith(f"{path}: metric {metric!r}: trials would not report it") and message in str(e.value)
+    assert "val/loss" in str(e.value) or "train/loss" in str(e.value)  # it lists what they do report

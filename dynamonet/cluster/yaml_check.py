@@ -17,7 +17,9 @@ Rules added here because Ray's validator does not enforce them (found by trying,
 per-node-type ``min_workers <= max_workers``; ``head_node_type`` written in the file (otherwise
 the provider default ``ray_head_default`` / ``ray.head.default`` is silently merged in); unknown
 ``provider`` keys (the schema allows any); unknown EC2 / GCE ``node_config`` keys; ingress no
-wider than SSH; token authentication on; no key material in the file.
+wider than SSH; token authentication on; no key material in the file; and the node rules of
+:mod:`dynamonet.cluster.node_rules` (shared storage setting, loud GPU checks, AMI lookup
+permission, which node types the autoscaler launches for each kind of work).
 
 CLI (:mod:`dynamonet.cluster.__main__`)::
 
@@ -36,6 +38,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+
+from dynamonet.cluster.node_rules import aws_ami_problems, demand_problems, gpu_setup_problems, storage_problems
 
 TRAIN_RESOURCE = "trainer"
 DECODE_RESOURCE = "decode"
@@ -311,6 +315,7 @@ def check_cluster(raw: dict[str, Any], path: str = "<config>") -> ClusterSummary
     problems += extra
     if provider == "gcp":
         problems += _gcp_network_problems(raw)
+    problems += storage_problems(raw) + gpu_setup_problems(raw) + aws_ami_problems(raw) + demand_problems(prepared)
     for rule in ingress_rules(prepared):
         if rule.external and not rule.ssh_only:
             problems.append(f"ingress {rule.name}: {rule.protocol} {rule.ports or 'all ports'} open to "

@@ -169,12 +169,12 @@ def published_epoch(epoch_key: str) -> int:
 def _note_shard(path: str) -> None:
     """Record which shard this worker is decoding, under its worker id (read back if it dies)."""
     ctx = ray.get_runtime_context()
-    note = json.dumps({"shard": path, "pid": os.getpid(), "node_id": ctx.get_node_id()})
+    note = json.dumps({"shard": path, "pid": os.getpid(), "node_id": ctx.get_node_id(), "started": time.time()})
     internal_kv._internal_kv_put(f"decoding/{ctx.get_worker_id()}", note, overwrite=True, namespace=KV_NAMESPACE)
 
 
 def decoder_notes() -> dict[str, dict]:
-    """``{worker_id: {"shard", "pid", "node_id"}}``: the last shard each decode worker started."""
+    """``{worker_id: {"shard", "pid", "node_id", "started"}}``: the last shard each decode worker started."""
     keys = internal_kv._internal_kv_list("decoding/", namespace=KV_NAMESPACE)
     notes = {}
     for key in keys:

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import posixpath
+import re
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -362,7 +363,7 @@ def run_training(cfg: Config) -> dict[str, Any]:
            "metrics": {k: v for k, v in (result.metrics or {}).items() if _jsonable(v)},
            "best_checkpoint": best_checkpoint_uri(spec),
            "wall_time_s": time.perf_counter() - t0, "class_names": spec.class_names,
-           "tensorboard": tensorboard_dir(spec), "config": spec.cfg.to_dict()}
+           "tensorboard": posixpath.join(spec.run_uri, "tensorboard"), "config": spec.cfg.to_dict()}
     fs, run_path = storage.open_fs(spec.run_uri, cfg.data.s3_endpoint)
     storage.write_bytes(fs, posixpath.join(run_path, "result.json"), json.dumps(out, indent=2).encode())
     return out
@@ -379,13 +380,24 @@ def _jsonable(v: Any) -> bool:
     return isinstance(v, (int, str, bool)) or (isinstance(v, float) and math.isfinite(v))
 
 
+_EXCEPTION_LINE = re.compile(r"^([\w.]+(?:Error|Exception|Interrupt)): (.+)$")
+
+
 def _root_cause(err: BaseException) -> str:
-    """The innermost error message of a (possibly wrapped) Ray Train failure, on one line."""
+    """One line for a failed Ray Train run: a worker's DataStreamError (it names the shard) if there
+    is one, else the last exception line of the innermost error (Train's WorkerGroupError carries
+    every rank's traceback in its text)."""
     seen = err
     while getattr(seen, "__cause__", None) is not None:
         seen = seen.__cause__
-    msg = str(seen).strip().splitlines()
-    return f"{type(seen).__name__}: {msg[-1] if msg else ''}"[:500]
+    lines = [ln.strip() for ln in str(seen).splitlines() if ln.strip()]
+    data = [ln[ln.index("DataStreamError: "):] for ln in lines if "DataStreamError: " in ln]
+    if data:
+        return data[0][:500]
+    raised = [m.group(0) for ln in lines if (m := _EXCEPTION_LINE.match(ln))]
+    if raised:
+        return raised[-1][:500]
+    return f"{type(seen).__name__}: {lines[-1] if lines else ''}"[:500]
 
 
 def final_line(result: dict[str, Any]) -> str:
