@@ -324,8 +324,8 @@ def test_whole_node_lost_mid_epoch_resumes_and_continues_the_random_stream(rehea
     sid = job_id(job)
     wait_for_log(rehearsal, sid, "epoch 2/3 step 2/")  # rank 0 is training epoch 2
     killed = rehearsal.kill_node("trainer")  # every process of the node: raylet, workers, object store
-    done = [int(k.split("checkpoint_epoch")[1][:4]) for k in keys(rehearsal, "runs/stream-cut/")
-            if k.endswith("/checkpoint.pt")]
+    done = [int(m.group(1)) for k in keys(rehearsal, "runs/stream-cut/")
+            if (m := re.search(r"/checkpoint_epoch(\d{4})/checkpoint\.pt$", k))]
     assert not killed.processes() and max(done) < 3
     rehearsal.add_node("trainer")  # a replacement joins
     assert wait_job(rehearsal, sid, 600) == "SUCCEEDED", job_logs(rehearsal, sid)[-4000:]
