@@ -11,7 +11,8 @@ The layout of ``cluster/gpu.yaml``, shrunk to one Linux machine:
 Every node is ``ray start --block`` inside its own mount namespace (``unshare --mount``, root
 only) with private tmpfs mounts over ``/tmp`` (Ray's session directory, temp files, a job's
 working directory), ``~/.cache``, ``~/.config`` and ``~/.ray``: a file a task writes there on one
-node is absent on every other node, as on separate machines. Each node has its own loopback
+node is absent on every other node, as on separate machines. What a real node has installed, this
+Python environment and this checkout, stays visible inside them (bind mounts) if it lives there. Each node has its own loopback
 address, so a job driver finds the raylet of its own node, and its own ports. The nodes get the
 token of the cluster (``RAY_AUTH_TOKEN``), the S3 endpoint and credentials (the standard AWS
 variables) and the cluster storage setting (``DYNAMONET_STORAGE``), as the cluster YAMLs give
@@ -167,9 +168,8 @@ class Rehearsal:
         else:
             args.append(f"--address={self.address}")
         log = os.path.join(self.state_dir, f"node-{len(self.nodes)}-{role}.log")
-        mounts = "; ".join(f"mkdir -p {d} && mount -t tmpfs -o mode=1777 dynamonet-{role} {d}" for d in
-                           (shlex.quote(os.path.expanduser(p)) for p in PRIVATE_DIRS))
-        script = f"set -e; {mounts}; cd /tmp; exec {shlex.join(args)}"
+        staging = os.path.join(self.state_dir, f"mnt-{len(self.nodes)}")
+        script = f"set -e; {private_mounts(role, staging)}; cd /tmp; exec {shlex.join(args)}"
         with open(log, "ab") as out:
             proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "bash", "-c", script],
                                     env=self._node_env(), stdout=out, stderr=subprocess.STDOUT,
@@ -255,6 +255,31 @@ class Rehearsal:
         if self.moto_pid:
             kill_all([self.moto_pid], grace_s=5.0)
         shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def software_paths() -> list[str]:
+    """What a real node has installed: this Python environment and this checkout. They stay
+    visible on every node even when they live under a private directory (a checkout in /tmp)."""
+    import dynamonet
+
+    return sorted({os.path.realpath(sys.prefix), os.path.dirname(os.path.dirname(os.path.realpath(dynamonet.__file__)))})
+
+
+def private_mounts(role: str, staging: str) -> str:
+    """Shell commands, run inside the node's new mount namespace, that put a fresh tmpfs over each
+    of :data:`PRIVATE_DIRS`. Each tmpfs is prepared at ``staging`` (bind mounts of the
+    :func:`software_paths` under it) and then moved into place."""
+    steps = []
+    for i, d in enumerate(os.path.realpath(os.path.expanduser(p)) for p in PRIVATE_DIRS):
+        stage = os.path.join(staging, str(i))
+        steps += [f"mkdir -p {shlex.quote(d)} {shlex.quote(stage)}",
+                  f"mount -t tmpfs -o mode=1777 dynamonet-{role} {shlex.quote(stage)}"]
+        for keep in software_paths():
+            if keep == d or keep.startswith(d + os.sep):
+                inner = os.path.join(stage, os.path.relpath(keep, d))
+                steps += [f"mkdir -p {shlex.quote(inner)}", f"mount --bind {shlex.quote(keep)} {shlex.quote(inner)}"]
+        steps.append(f"mount --move {shlex.quote(stage)} {shlex.quote(d)}")
+    return "; ".join(steps)
 
 
 def _tail(path: str, n: int = 15) -> str:
