@@ -33,7 +33,7 @@ def read_video_source(path: str, endpoint: str = "") -> str | bytes:
         if not os.path.isfile(path):
             raise ValueError(f"VIDEO: no such file: {path}")
         return path
-    fs, p = storage.open_fs(path, endpoint)
+    fs, p = storage.resolve_filesystem(path, endpoint)
     try:
         return storage.read_bytes(fs, p)
     except FileNotFoundError:

@@ -164,9 +164,6 @@ def resolve_filesystem(uri: str, endpoint: str = "", **s3_kw: Any) -> tuple[pafs
     return pafs.LocalFileSystem(), uri_path(uri)
 
 
-open_fs = resolve_filesystem
-
-
 def ray_storage(uri: str, endpoint: str = "") -> tuple[str, pafs.FileSystem | None]:
     """``(storage_path, storage_filesystem)`` for Ray Train's and Tune's ``RunConfig``.
 

@@ -228,11 +228,14 @@ def run_sweep(space: SweepSpace, base: Config, *, resume: bool = False, force: b
     base = connect_for_cluster(base)  # a multi-node cluster: storage under DYNAMONET_STORAGE
     init_ray(base)
     endpoint = base.data.s3_endpoint
-    fs, root = storage.open_fs(base.run.storage_path, endpoint)
-    storage_root = base.run.storage_path if storage.is_remote(base.run.storage_path) else root  # Tune: absolute
+    fs, root = storage.resolve_filesystem(base.run.storage_path, endpoint)
+    remote = storage.is_remote(base.run.storage_path)
+    storage_root = base.run.storage_path if remote else root  # Tune: absolute
     sweep_uri = _join(storage_root, space.name)
-    tune_path, tune_fs = storage.ray_storage(sweep_uri, endpoint)  # Tune wants bucket/prefix with a filesystem
-    space_file = f"{root}/{space.name}/sweep_space.yaml"
+    # Tune takes the path in the filesystem's own form (bucket/prefix) together with our filesystem
+    tune_fs = fs if remote else None
+    tune_path = f"{root}/{space.name}"
+    space_file = f"{tune_path}/sweep_space.yaml"
     stored = storage.read_bytes(fs, space_file).decode() if storage.exists(fs, space_file) else None
     current = yaml.safe_dump({"space": space.__dict__, "base": base.fingerprint()}, sort_keys=True)
     # the trainer's workers hold the real resources; the base config travels once, not per trial
@@ -254,19 +257,20 @@ def run_sweep(space: SweepSpace, base: Config, *, resume: bool = False, force: b
                                                        num_samples=space.num_samples,
                                                        max_concurrent_trials=space.max_concurrent,
                                                        scheduler=_scheduler(space, base, grace_period)),
-                           run_config=tune_run_config(space, storage_root, tune_fs))
+                           run_config=tune_run_config(space, root, tune_fs))
     grid = tuner.fit()
     summary = write_reports(grid, space, base, sweep_uri, endpoint)
     ray.shutdown()
     return summary
 
 
-def tune_run_config(space: SweepSpace, storage_root: str, fs: Any = None) -> Any:
-    """Tune's RunConfig: the sweep's directory, and trials restarted after a lost actor or node."""
+def tune_run_config(space: SweepSpace, storage_path: str, fs: Any = None) -> Any:
+    """Tune's RunConfig: the sweep's directory, and trials restarted after a lost actor or node.
+
+    ``storage_path`` is an absolute local path (``fs`` None) or ``bucket/prefix`` with ``fs``."""
     from ray import tune
 
-    path = storage.uri_path(storage_root) if fs is not None else storage_root
-    return tune.RunConfig(name=space.name, storage_path=path, storage_filesystem=fs,
+    return tune.RunConfig(name=space.name, storage_path=storage_path, storage_filesystem=fs,
                           failure_config=tune.FailureConfig(max_failures=space.max_failures))
 
 
@@ -344,7 +348,7 @@ def write_reports(grid: Iterable[Any], space: SweepSpace, base: Config, out_uri:
     else:
         import pyarrow.fs as pafs
 
-        fs, path = storage.open_fs(out_uri, endpoint)
+        fs, path = storage.resolve_filesystem(out_uri, endpoint)
         with tempfile.TemporaryDirectory(prefix="dynamonet-sweep-") as tmp:
             summary = _write_report_files(df, space, base, tmp, out_uri)
             pafs.copy_files(tmp, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)

@@ -100,11 +100,11 @@ def test_help_documents_every_key():
 
 
 def test_unsupported_url_scheme_is_an_error_not_a_local_path():
-    from dynamonet.storage import open_fs
+    from dynamonet.storage import resolve_filesystem
 
     with pytest.raises(ValueError, match=r"gs://b/runs: unsupported URL scheme gs://"):
-        open_fs("gs://b/runs")
-    fs, path = open_fs("file:///tmp/x")
+        resolve_filesystem("gs://b/runs")
+    fs, path = resolve_filesystem("file:///tmp/x")
     assert path == "/tmp/x"
 
 

@@ -216,10 +216,10 @@ def synthetic_root(data: DataConfig) -> str:
     ``<data.cache_dir>/synthetic/`` (``~/.cache/dynamonet`` by default, or an ``s3://`` prefix)."""
     cache = data.cache_dir or DEFAULT_CACHE
     return ensure_synthetic_dataset(data.synthetic, join_uri(cache, "synthetic") if is_remote(cache)
-                                    else os.path.join(cache, "synthetic"))
+                                    else os.path.join(cache, "synthetic"), data.s3_endpoint)
 
 
-def ensure_synthetic_dataset(cfg: SyntheticConfig, cache_dir: str = "") -> str:
+def ensure_synthetic_dataset(cfg: SyntheticConfig, cache_dir: str = "", endpoint: str = "") -> str:
     """Build (once) and return the shard root of the synthetic dataset described by ``cfg``.
 
     The root is ``<cache_dir>/synthetic-<key>``, a local directory or an ``s3://`` prefix (the
@@ -233,9 +233,9 @@ def ensure_synthetic_dataset(cfg: SyntheticConfig, cache_dir: str = "") -> str:
     """
     if is_remote(cache_dir):
         final = join_uri(cache_dir, f"synthetic-{dataset_key(cfg)}")
-        fs, path = resolve_filesystem(final)
+        fs, path = resolve_filesystem(final, endpoint)
         if not is_file(fs, f"{path}/{MANIFEST_NAME}"):
-            _build(cfg, final)
+            _build(cfg, final, endpoint)
         return final
     cache_dir = os.path.expanduser(cache_dir or DEFAULT_CACHE)
     final = os.path.join(cache_dir, f"synthetic-{dataset_key(cfg)}")
@@ -267,7 +267,7 @@ def _exclusive(lock_path: str) -> Iterator[None]:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _build(cfg: SyntheticConfig, final: str) -> None:
+def _build(cfg: SyntheticConfig, final: str, endpoint: str = "") -> None:
     """Render the videos into a private temp dir and ingest them to ``final`` (local: through a
     temp dir renamed into place; S3: straight to the bucket, manifest last)."""
     from dynamonet.data.ingest import IngestOptions, run_ingest  # ingest imports Ray lazily
@@ -278,7 +278,7 @@ def _build(cfg: SyntheticConfig, final: str) -> None:
     try:
         n = generate_videos(cfg, os.path.join(work, "raw"))
         opts = IngestOptions(source="synthetic", input=os.path.join(work, "raw"),
-                             output=final if remote else os.path.join(work, "shards"),
+                             output=final if remote else os.path.join(work, "shards"), endpoint=endpoint,
                              transcode=transcode_settings(cfg), videos_per_shard=64, labels_hflip_invariant=False,
                              hflip_label_map=mirror_label_map(sorted(class_names(cfg.num_classes))))
         run_ingest(opts, executor="threads", progress=False, verbose=False)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import posixpath
 from typing import Any
 
@@ -88,10 +87,14 @@ class TensorBoardCallback(UserCallback):
 
 
 class BestCheckpointCallback(UserCallback):
-    """Keep ``<run>/checkpoint_best``: a copy of the checkpoint with the best fresh ``metric``."""
+    """Keep ``<run>/checkpoint_best``: a copy of the checkpoint with the best fresh ``metric``.
 
-    def __init__(self, run_uri: str, endpoint: str, metric: str, mode: str) -> None:
-        self.run_uri, self.endpoint, self.metric, self.mode = run_uri, endpoint, metric, mode
+    The run's directory and filesystem are those of the checkpoint Ray has just persisted
+    (``<run>/checkpoint_epochNNNN`` on the run's storage), so the copy is a same-filesystem copy.
+    """
+
+    def __init__(self, metric: str, mode: str) -> None:
+        self.metric, self.mode = metric, mode
         self._best: float | None = None
         self._loaded = False
 
@@ -115,19 +118,14 @@ class BestCheckpointCallback(UserCallback):
         fresh = m.get("val/epoch") == float(epoch)  # validated in this epoch, not carried over
         if not fresh or not isinstance(value, (int, float)) or not math.isfinite(value):
             return
-        fs, run_path = storage.open_fs(self.run_uri, self.endpoint)
-        best_dir = posixpath.join(run_path, storage.BEST_CHECKPOINT)
+        fs = checkpoint.filesystem
+        best_dir = posixpath.join(posixpath.dirname(checkpoint.path.rstrip("/")), storage.BEST_CHECKPOINT)
         if not self._loaded:
             self._load(fs, best_dir)
         if not self._better(float(value)):
             return
-        src_fs = checkpoint.filesystem
-        src = posixpath.join(checkpoint.path, CHECKPOINT_FILE)
-        if type(src_fs) is type(fs):
-            storage.copy_file(fs, src, posixpath.join(best_dir, CHECKPOINT_FILE))
-        else:  # pragma: no cover - Ray persisted to another filesystem than ours
-            storage.write_bytes(fs, posixpath.join(best_dir, CHECKPOINT_FILE), storage.read_bytes(src_fs, src))
+        storage.copy_file(fs, posixpath.join(checkpoint.path, CHECKPOINT_FILE), posixpath.join(best_dir, CHECKPOINT_FILE))
         body = {"metric": self.metric, "mode": self.mode, "value": float(value), "epoch": epoch,
-                "copied_from": os.path.basename(checkpoint.path)}
+                "copied_from": posixpath.basename(checkpoint.path.rstrip("/"))}
         storage.write_bytes(fs, posixpath.join(best_dir, "best.json"), json.dumps(body, indent=1).encode())
         self._best = float(value)

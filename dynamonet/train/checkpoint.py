@@ -62,7 +62,7 @@ def best_metric(cfg: Any) -> tuple[str, str] | None:
 def resolve_checkpoint(uri: str, endpoint: str = "") -> str:
     """Accept a ``checkpoint.pt`` file, a checkpoint directory (``checkpoint_epochNNNN``,
     ``checkpoint_best``), or a run directory (its latest epoch checkpoint)."""
-    fs, path = storage.open_fs(uri, endpoint)
+    fs, path = storage.resolve_filesystem(uri, endpoint)
     info = fs.get_file_info(path)
     if info.type == storage.pafs.FileType.File:
         return uri
@@ -80,7 +80,7 @@ def resolve_checkpoint(uri: str, endpoint: str = "") -> str:
 def load_checkpoint(uri: str, endpoint: str = "", map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint (file, checkpoint dir or run dir; local or S3) with ``weights_only=True``."""
     uri = resolve_checkpoint(uri, endpoint)
-    fs, path = storage.open_fs(uri, endpoint)
+    fs, path = storage.resolve_filesystem(uri, endpoint)
     data = storage.read_bytes(fs, path)
     try:
         state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)

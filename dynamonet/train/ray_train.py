@@ -127,7 +127,7 @@ def resolve_run(cfg: Config) -> tuple[Config, str, str]:
     Nothing is written here: :func:`save_run_config` records the config once the dataset checks
     passed, so a run refused for its data leaves no directory behind.
     """
-    fs, base = storage.open_fs(cfg.run.storage_path, cfg.data.s3_endpoint)
+    fs, base = storage.resolve_filesystem(cfg.run.storage_path, cfg.data.s3_endpoint)
     storage_path = cfg.run.storage_path if storage.is_remote(cfg.run.storage_path) else base
     name = cfg.run.name
     if not name and cfg.run.resume:
@@ -152,7 +152,7 @@ def resolve_run(cfg: Config) -> tuple[Config, str, str]:
 
 def save_run_config(cfg: Config, run_uri: str) -> None:
     """Write ``<run>/dynamonet_config.yaml`` (checked by :func:`resolve_run` when the run resumes)."""
-    fs, run_path = storage.open_fs(run_uri, cfg.data.s3_endpoint)
+    fs, run_path = storage.resolve_filesystem(run_uri, cfg.data.s3_endpoint)
     storage.write_bytes(fs, posixpath.join(run_path, CONFIG_FILE), yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
 
 
@@ -189,7 +189,7 @@ def prepare_run(cfg: Config, *, build_datasets: bool = True) -> RunSpec:
     spec = RunSpec(cfg=cfg, name=cfg.run.name, storage_path=storage_path, run_uri=run_uri, data=data,
                    class_names=class_names, num_classes=num_classes, steps_per_epoch=1,
                    transcode=dict(manifest.transcode), hparams=run_hparams(cfg))
-    fs, run_path = storage.open_fs(run_uri, cfg.data.s3_endpoint)
+    fs, run_path = storage.resolve_filesystem(run_uri, cfg.data.s3_endpoint)
     spec.resumed_epoch = max((e for e, _ in storage.list_checkpoints(fs, run_path)), default=0)
     if cfg.run.init_from and spec.resumed_epoch == 0:
         spec.init_state = _init_state(cfg, num_classes)
@@ -309,7 +309,7 @@ def _callbacks(spec: RunSpec) -> list:
     callbacks = [TensorBoardCallback(tensorboard_dir(spec), upload, spec.cfg.data.s3_endpoint, hparams=spec.hparams)]
     metric = best_metric(spec.cfg)
     if metric is not None:
-        callbacks.append(BestCheckpointCallback(spec.run_uri, spec.cfg.data.s3_endpoint, *metric))
+        callbacks.append(BestCheckpointCallback(*metric))
     return callbacks
 
 
@@ -364,14 +364,14 @@ def run_training(cfg: Config) -> dict[str, Any]:
            "best_checkpoint": best_checkpoint_uri(spec),
            "wall_time_s": time.perf_counter() - t0, "class_names": spec.class_names,
            "tensorboard": posixpath.join(spec.run_uri, "tensorboard"), "config": spec.cfg.to_dict()}
-    fs, run_path = storage.open_fs(spec.run_uri, cfg.data.s3_endpoint)
+    fs, run_path = storage.resolve_filesystem(spec.run_uri, cfg.data.s3_endpoint)
     storage.write_bytes(fs, posixpath.join(run_path, "result.json"), json.dumps(out, indent=2).encode())
     return out
 
 
 def best_checkpoint_uri(spec: RunSpec) -> str | None:
     """``<run>/checkpoint_best`` if the run has one."""
-    fs, run_path = storage.open_fs(spec.run_uri, spec.cfg.data.s3_endpoint)
+    fs, run_path = storage.resolve_filesystem(spec.run_uri, spec.cfg.data.s3_endpoint)
     best = posixpath.join(run_path, storage.BEST_CHECKPOINT, "checkpoint.pt")
     return posixpath.join(spec.run_uri, storage.BEST_CHECKPOINT) if storage.is_file(fs, best) else None
 

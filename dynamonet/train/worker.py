@@ -94,7 +94,7 @@ def recording(batches: Iterable[dict[str, Any]], rows: list[list[int]]) -> Itera
 
 def write_draws(run_uri: str, endpoint: str, epoch: int, rank: int, rows: list[list[int]]) -> None:
     """``<run>/draws/epoch_NNNN/rank_R.json``: the draws this rank trained on in ``epoch`` (1-based)."""
-    fs, run_path = storage.open_fs(run_uri, endpoint)
+    fs, run_path = storage.resolve_filesystem(run_uri, endpoint)
     body = json.dumps({"columns": list(DRAW_COLUMNS), "rows": sorted(rows)}).encode()
     storage.write_bytes(fs, posixpath.join(run_path, "draws", f"epoch_{epoch:04d}", f"rank_{rank}.json"), body)
 
