@@ -24,8 +24,11 @@ Memory: one forward+backward per implementation under ``torch.profiler`` with
 included, they come from the same allocator) is replayed. ``peak_workspace`` counts only
 allocations freed before the end (temporaries and saved tensors); ``peak_live`` also counts what
 survives (the output and the gradients). The targets (batched ≥ 4× the loop, ≥ 50× the unfold
-idiom of dynamic filter networks, workspace ≤ 3× the output) are evaluated and printed with the
-results as one JSON object; the ratio to a faster unfold + batched-matmul variant is reported too.
+idiom of dynamic filter networks, workspace ≤ 3× the output; with CUDA, batched ≥ 20× the loop)
+are checked on the unrounded values (bench/_verdict.py: over the limit is a fail; a target not
+measured, such as the CUDA one without a GPU or the workspace one with ``--no-memory``, is null,
+never a pass) and printed with the results as one JSON object; the ratio to a faster unfold +
+batched-matmul variant is reported too.
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _verdict import check, summarize
+
 from dynamonet.models.motion import apply_dynamic_filters, apply_dynamic_filters_reference
 
 Impl = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -111,7 +117,8 @@ def _one(fn: Impl, x: torch.Tensor, f: torch.Tensor, up: torch.Tensor, device: s
 
 def time_impls(names: list[str], shape: tuple[int, ...], s: int, grad: str, reps: int, slow_reps: int,
                device: str) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    """Interleaved forward/backward timings in ms (and the warm-up call's), paired ratios ``other / batched``.
+    """Interleaved forward/backward timings in ms (and the warm-up call's), paired ratios ``other / batched``
+    (unrounded: the targets are checked on them).
 
     Each repetition runs every implementation once (order rotated); a ratio is taken within a
     repetition, so a load change from other users of the machine hits both sides alike, and the
@@ -145,8 +152,8 @@ def time_impls(names: list[str], shape: tuple[int, ...], s: int, grad: str, reps
                      "total": round(statistics.median(tot), 2), "total_min": round(min(tot), 2),
                      "total_max": round(max(tot), 2), "reps": len(pairs),
                      "first_call_ms": round(1e3 * first[name], 2)}
-    ratios = {f"{n}_over_batched": round(statistics.median(v), 1) for n, v in paired.items() if v}
-    ratios.update({f"{n}_over_batched_min": round(min(v), 1) for n, v in paired.items() if v})
+    ratios = {f"{n}_over_batched": statistics.median(v) for n, v in paired.items() if v}
+    ratios.update({f"{n}_over_batched_min": min(v) for n, v in paired.items() if v})
     return out, ratios
 
 
@@ -192,8 +199,8 @@ def memory(name: str, shape: tuple[int, ...], s: int, grad: str) -> dict[str, fl
         peak_live, peak_work = max(peak_live, current), max(peak_work, workspace)
     out_bytes = x.numel() * x.element_size()
     return {"output_mb": round(out_bytes / 2**20, 2), "peak_workspace_mb": round(peak_work / 2**20, 2),
-            "peak_live_mb": round(peak_live / 2**20, 2), "peak_workspace_over_output": round(peak_work / out_bytes, 2),
-            "peak_live_over_output": round(peak_live / out_bytes, 2)}
+            "peak_live_mb": round(peak_live / 2**20, 2), "peak_workspace_over_output": peak_work / out_bytes,
+            "peak_live_over_output": peak_live / out_bytes}
 
 
 def set_malloc(policy: str) -> str:
@@ -210,13 +217,11 @@ def set_malloc(policy: str) -> str:
 
 
 def cuda_part(shape: tuple[int, ...], s: int, grad: str, reps: int) -> dict | str:
+    """Batched vs loop on CUDA (timings, ``loop_over_batched`` unrounded); a string if skipped."""
     if not torch.cuda.is_available():
         return "skipped: no CUDA"
     t, r = time_impls(["batched", "loop"], shape, s, grad, reps, 0, "cuda")
-    ratio = r["loop_over_batched"]
-    return {"device": torch.cuda.get_device_name(), "timing_ms": t, "loop_over_batched": round(ratio, 1),
-            "target": {"name": "cuda: batched >= 20x faster than the loop", "value": round(ratio, 1),
-                       "target": 20.0, "pass": ratio >= 20.0}}
+    return {"device": torch.cuda.get_device_name(), "timing_ms": t, "loop_over_batched": r["loop_over_batched"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,26 +247,22 @@ def main(argv: list[str] | None = None) -> int:
     names = ["batched", "loop", "grouped_conv", "unfold", "unfold_bmm"]
     timing, ratios = time_impls(names, shape, args.kernel_size, args.grad, args.reps, args.unfold_reps, "cpu")
     mem = {} if args.no_memory else {n: memory(n, shape, args.kernel_size, args.grad) for n in names}
-    targets = [
-        {"name": "cpu: batched >= 4x faster than the per-(sample, frame) loop, fwd+bwd",
-         "value": ratios["loop_over_batched"], "target": 4.0, "pass": ratios["loop_over_batched"] >= 4.0},
-        {"name": "cpu: batched >= 50x faster than unfold, fwd+bwd",
-         "value": ratios["unfold_over_batched"], "target": 50.0, "pass": ratios["unfold_over_batched"] >= 50.0},
-    ]
-    if mem:
-        w = mem["batched"]["peak_workspace_over_output"]
-        targets.append({"name": "cpu: batched peak workspace <= 3x the output", "value": w, "target": 3.0,
-                        "pass": w <= 3.0})
     cuda = cuda_part(shape, args.kernel_size, args.grad, args.reps)
-    if isinstance(cuda, dict):
-        targets.append(cuda["target"])
+    targets = [
+        check("cpu: batched >= 4x faster than the per-(sample, frame) loop, fwd+bwd",
+              ratios.get("loop_over_batched"), ">=", 4.0),
+        check("cpu: batched >= 50x faster than unfold, fwd+bwd", ratios.get("unfold_over_batched"), ">=", 50.0),
+        check("cpu: batched peak workspace <= 3x the output",
+              mem["batched"]["peak_workspace_over_output"] if mem else None, "<=", 3.0),
+        check("cuda: batched >= 20x faster than the loop",
+              cuda["loop_over_batched"] if isinstance(cuda, dict) else None, ">=", 20.0),
+    ]
     result = {
         "config": {"shape_BCTHW": list(shape), "kernel_size": args.kernel_size, "grad": args.grad,
                    "threads": torch.get_num_threads(), "reps": args.reps, "unfold_reps": args.unfold_reps,
                    "malloc": malloc,
                    "torch": torch.__version__},
-        "timing_ms": timing, "ratios": ratios, "memory": mem, "cuda": cuda, "targets": targets,
-        "all_pass": all(t["pass"] for t in targets),
+        "timing_ms": timing, "ratios": ratios, "memory": mem, "cuda": cuda, **summarize(targets),
     }
     print(json.dumps(result))
     return 0

@@ -16,6 +16,7 @@ the paper's tables.
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import math
@@ -30,6 +31,7 @@ import torch
 from dynamonet import storage
 from dynamonet.cli import check_set_items
 from dynamonet.config import Config
+from dynamonet.data.shards import read_video_ids
 from dynamonet.eval_metrics import per_class_accuracy
 from dynamonet.train.checkpoint import load_checkpoint
 
@@ -103,9 +105,10 @@ def evaluate_checkpoint(checkpoint: str, *, split: str = "", overrides: list[str
     if info.multinode:  # the model runs where Train workers run; this driver only orchestrates
         resources = {"num_cpus": cfg.train.cpus_per_worker, "resources": cfg.train.worker_resources or None,
                      "num_gpus": 1 if device.startswith("cuda") else 0}
-        res, confusion, ds_info = ray.get(ray.remote(**resources)(score_split).remote(ray.put(state), *args))
+        res, confusion, ds_info, predictions = ray.get(
+            ray.remote(**resources)(score_split).remote(ray.put(state), *args))
     else:
-        res, confusion, ds_info = score_split(state, *args)
+        res, confusion, ds_info, predictions = score_split(state, *args)
     out: dict[str, Any] = {"checkpoint": checkpoint, "epoch": state.get("epoch"), "split": split,
                            "data_root": data.root, "num_videos": ds_info.num_videos, "num_clips": ds_info.num_clips,
                            "clips_per_video": ds_info.num_clips / max(ds_info.num_videos, 1),
@@ -114,6 +117,10 @@ def evaluate_checkpoint(checkpoint: str, *, split: str = "", overrides: list[str
     if confusion is not None:
         acc = per_class_accuracy(confusion)
         out["per_class_top1"] = {c: (None if _nan(a) else float(a)) for c, a in zip(class_names, acc.tolist(), strict=True)}
+    if predictions:
+        names = read_video_ids(manifest, split, data.s3_endpoint)
+        out["predictions"] = [{"video_id": names.get(v, ""), "label": class_names[y] if y >= 0 else "", "predicted": class_names[p],
+                               "score": s} for v, y, p, s in predictions]
     if out_dir:
         write_reports(out, confusion, class_names, out_dir, cfg.data.s3_endpoint)
         out["reports"] = out_dir
@@ -126,8 +133,10 @@ def local_placement(cfg: Config) -> Config:
 
 
 def score_split(state: dict[str, Any], cfg: Config, data: Any, split: str, manifest: Any, class_names: list[str],
-                device: str) -> tuple[dict[str, float], torch.Tensor | None, Any]:
-    """Every clip of ``split`` through the checkpoint's model: ``(metrics, confusion, dataset info)``.
+                device: str) -> tuple[dict[str, float], torch.Tensor | None, Any, list[tuple[int, int, int, float]]]:
+    """Every clip of ``split`` through the checkpoint's model: ``(metrics, confusion, dataset info,
+    predictions)``, where ``predictions`` holds ``(video_index, label, predicted class, its mean score)``
+    per video (empty for a pretraining checkpoint).
 
     Runs in the evaluating process or, on a cluster, in a Ray task (``state`` may be an object ref)."""
     import ray
@@ -143,7 +152,13 @@ def score_split(state: dict[str, Any], cfg: Config, data: Any, split: str, manif
     model = build_eval_model(cfg, state, dev)
     batches = guarded(ds.select_columns(COLUMNS).iter_torch_batches(batch_size=data.batch_size, device=dev))
     res = validate(model, batches, cfg, dev, len(class_names), amp_dtype_for(cfg, dev), prefix="eval")
-    return res.metrics, res.confusion, info
+    predictions: list[tuple[int, int, int, float]] = []
+    if res.video_scores is not None:
+        ids, scores, labels = res.video_scores.mean_scores()  # (V,), (V, K), (V,)
+        if ids:
+            top, cls = scores.max(1)
+            predictions = list(zip(ids, labels.tolist(), cls.tolist(), top.tolist(), strict=True))
+    return res.metrics, res.confusion, info, predictions
 
 
 def _nan(v: Any) -> bool:
@@ -165,10 +180,17 @@ def default_out_dir(checkpoint: str, split: str) -> str:
 
 def write_reports(result: dict[str, Any], confusion: torch.Tensor | None, class_names: list[str], out_dir: str,
                   endpoint: str = "") -> None:
-    """metrics.json, per_class.csv and confusion_matrix.png in ``out_dir`` (local or ``s3://``)."""
+    """metrics.json, per_class.csv, predictions.csv (one row per video) and confusion_matrix.png in
+    ``out_dir`` (local or ``s3://``)."""
+    predictions = result.get("predictions") or []
     with tempfile.TemporaryDirectory(prefix="dynamonet-eval-") as tmp:
         with open(os.path.join(tmp, "metrics.json"), "w") as fh:
-            json.dump(result, fh, indent=2)
+            json.dump({k: v for k, v in result.items() if k != "predictions"}, fh, indent=2)
+        if predictions:
+            with open(os.path.join(tmp, "predictions.csv"), "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=["video_id", "label", "predicted", "score"])
+                writer.writeheader()
+                writer.writerows({**p, "score": f"{p['score']:.6f}"} for p in predictions)
         if confusion is not None:
             buf = io.StringIO()
             buf.write("class,videos,top1\n")

@@ -1,10 +1,11 @@
 """Shared fixtures: an S3 server on loopback (moto, server mode), a local Ray, video helpers.
 
-    s3_server   session: moto ThreadedMotoServer on 127.0.0.1:<free port>; sets the standard AWS
+    s3_server   session: moto ThreadedMotoServer on 127.0.0.1 (port 0: bound by the server itself); sets the standard AWS
                 variables (test credentials, region, AWS_ENDPOINT_URL) for this process and the
                 processes it starts (Ray workers included: ray_local depends on it)
     s3_bucket   a fresh bucket per test: "s3://<name>"
     ray_local   session: ray.init(num_cpus=6) (oversubscribed on purpose, see NOTES-ray.md)
+    closed_port a loopback port on which connections are refused (bound here, never listened on)
     ray_head    module: a `ray start --head` cluster on loopback (job server, dashboard) for the
                 end-to-end tests of the entry points (tests/pipeline_helpers.py)
     rehearsal   module: the shared-nothing rehearsal cluster (dynamonet.cluster.rehearsal): a head,
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import uuid
 from collections.abc import Iterator
@@ -29,8 +31,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))                  # `import dynamonet` from a checkout
 sys.path.insert(0, str(Path(__file__).parent))  # `import helpers`
-
-from helpers import free_port  # noqa: E402
 
 
 @dataclass
@@ -63,9 +63,9 @@ def s3_server() -> Iterator[S3Server]:
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)   # one log line per request otherwise
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # the OS picks, the server binds
     server.start()
+    port = server.get_host_and_port()[1]
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
                                             "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN")}
     endpoint = f"http://127.0.0.1:{port}"
@@ -123,6 +123,15 @@ def rehearsal() -> Iterator[object]:
         yield cluster
     finally:
         cluster.down()
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port bound by this process and never listened on: connections to it are refused,
+    and no other process can take it while the test runs."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,13 +20,6 @@ from dynamonet.data.encode import encode_video
 # --------------------------------------------------------------------------------------------
 # Videos
 # --------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def position_frames(num_frames: int, height: int, width: int) -> np.ndarray:
@@ -168,41 +162,53 @@ def make_folder(root: str, frames: int = 20, splits: bool = True) -> str:
 
 @dataclass
 class FlakyProxy:
-    """Forwards 127.0.0.1:<port> to 127.0.0.1:<target_port>; :meth:`outage` closes the listener and
-    every open connection, so new connections are refused, and reopens the same port later."""
+    """Forwards 127.0.0.1:<port> to 127.0.0.1:<target_port>, and can make the endpoint unreachable.
+
+    The proxy binds its one listener itself (port 0) and keeps it for its whole life. During an
+    outage every open connection is cut and every new one is reset as soon as it is accepted, as a
+    dead endpoint behaves for the client. :meth:`arm_outage` starts the outage at the next
+    connection, so it lands on the reads that follow, whatever their timing."""
 
     target_port: int
-    port: int = 0
     rate: float = 0.0                   # bytes/s per connection and direction (0 = unlimited)
-    connections: int = 0
-    _listener: socket.socket | None = None
+    port: int = 0
+    connections: int = 0                # forwarded
+    refused: int = 0                    # reset during an outage
+    outage_started: threading.Event = field(default_factory=threading.Event)
+    outage_started_at: float = 0.0
+    _outage_s: float = 0.0              # armed: an outage of this length starts at the next connection
+    _down_until: float = 0.0
     _open: list[socket.socket] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
-        self._listener = self._listen(self.port)
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self._listener.settimeout(0.1)
         self.port = self._listener.getsockname()[1]
         threading.Thread(target=self._accept_loop, daemon=True).start()
 
-    def _listen(self, port: int) -> socket.socket:
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", port))
-        s.listen(64)
-        s.settimeout(0.1)
-        return s
-
     def _accept_loop(self) -> None:
         while not self._stop.is_set():
-            listener = self._listener
-            if listener is None:
-                time.sleep(0.05)
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                continue
+            with self._lock:
+                if self._outage_s:
+                    self._begin_outage(self._outage_s)
+                down = time.monotonic() < self._down_until
+                if down:
+                    self.refused += 1
+            if down:
+                reset_connection(client)
                 continue
             try:
-                client, _ = listener.accept()
                 upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
             except OSError:
+                reset_connection(client)
                 continue
             with self._lock:
                 self._open += [client, upstream]
@@ -226,29 +232,35 @@ class FlakyProxy:
                 except OSError:
                     pass
 
-    def outage(self, seconds: float) -> threading.Thread:
-        """Refuse connections (and cut the open ones) for ``seconds``; returns the reopening thread."""
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.close()
+    def _begin_outage(self, seconds: float) -> None:
+        """(Lock held.) Cut every open connection; refuse new ones for ``seconds``."""
+        self._outage_s = 0.0
+        self.outage_started_at = time.monotonic()
+        self._down_until = self.outage_started_at + seconds
+        for s in self._open:
+            reset_connection(s)
+        self._open = []
+        self.outage_started.set()
+
+    def outage(self, seconds: float) -> None:
+        """Make the endpoint unreachable now, for ``seconds``."""
         with self._lock:
-            for s in self._open:
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                    s.close()
-                except OSError:
-                    pass
-            self._open = []
+            self._begin_outage(seconds)
 
-        def reopen() -> None:
-            if not self._stop.wait(seconds):
-                self._listener = self._listen(self.port)
-
-        thread = threading.Thread(target=reopen, daemon=True)
-        thread.start()
-        return thread
+    def arm_outage(self, seconds: float) -> None:
+        """Make the endpoint unreachable for ``seconds`` from the next connection on (that one included)."""
+        with self._lock:
+            self._outage_s = seconds
 
     def close(self) -> None:
         self._stop.set()
-        if self._listener is not None:
-            self._listener.close()
+        self._listener.close()
+
+
+def reset_connection(sock: socket.socket) -> None:
+    """Close with a TCP reset (SO_LINGER 0): the peer sees the connection fail at once."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    except OSError:
+        pass

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-from helpers import free_port
+
+from dynamonet.cluster.processes import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,8 +64,11 @@ class RayHead:
             pass
 
 
-def start_head(num_cpus: int = 8, timeout: float = 120.0) -> RayHead:
-    """Start a Ray head on loopback and wait until its job server answers."""
+def start_head(num_cpus: int = 8, timeout: float = 120.0, attempts: int = 3) -> RayHead:
+    """Start a Ray head on loopback and wait until its job server answers.
+
+    Ray binds its ports itself, after they were found free: if another process took one in
+    between, ``ray start`` exits, and the head is started again on fresh ports (``attempts``)."""
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Unix socket paths are length-limited
     env = {"RAY_AUTH_MODE": "token"}
     if not (os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(os.path.expanduser("~/.ray/auth_token"))):
@@ -72,33 +76,50 @@ def start_head(num_cpus: int = 8, timeout: float = 120.0) -> RayHead:
         with open(os.open(token_path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as fh:
             fh.write(secrets.token_hex(32))
         env["RAY_AUTH_TOKEN_PATH"] = token_path
-    gcs, dash = free_port(), free_port()
+    problem = ""
+    for _ in range(attempts):
+        head = _launch_head(num_cpus, temp_dir, env)
+        problem = _wait_for_jobs(head, timeout)
+        if not problem:
+            return head
+        head.stop()
+        if "exited" not in problem:  # up but never ready: not a port race
+            break
+    raise RuntimeError(f"the Ray head did not accept a job: {problem}")
+
+
+def _launch_head(num_cpus: int, temp_dir: str, env: dict[str, str]) -> RayHead:
     # Free ports for the node's agents too: the defaults (e.g. the job agent's 52365) are taken when
     # another Ray instance of the test session (ray_local) is up, and then no job can be submitted.
-    agents = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-              f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
+    gcs, dash, listen, grpc, runtime_env, metrics = free_ports(6)
     cmd = ["ray", "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dash}",
            "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
-           "--include-dashboard=true", f"--temp-dir={temp_dir}", "--disable-usage-stats", *agents]
+           "--include-dashboard=true", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+           f"--dashboard-agent-listen-port={listen}", f"--dashboard-agent-grpc-port={grpc}",
+           f"--runtime-env-agent-port={runtime_env}", f"--metrics-export-port={metrics}"]
     proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    head = RayHead(proc=proc, address=f"127.0.0.1:{gcs}", dashboard=f"http://127.0.0.1:{dash}", temp_dir=temp_dir,
+    return RayHead(proc=proc, address=f"127.0.0.1:{gcs}", dashboard=f"http://127.0.0.1:{dash}", temp_dir=temp_dir,
                    env=env)
-    # Ready = the job server accepts a job. `ray job list` answers before the head's dashboard agent
-    # has registered, and a submission in that window fails with "No available agent to submit job".
+
+
+def _wait_for_jobs(head: RayHead, timeout: float) -> str:
+    """"" once the job server accepts a job; otherwise why not.
+
+    `ray job list` answers before the head's dashboard agent has registered, and a submission in
+    that window fails with "No available agent to submit job": so the probe is a real submission."""
     probe = ["ray", "job", "submit", "--no-wait", "--address", head.dashboard, "--", "true"]
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
         r = subprocess.run(probe, env=head.client_env(), capture_output=True, text=True, timeout=60)
         if r.returncode == 0:
-            return head
-        if proc.poll() is not None:
-            raise RuntimeError(f"ray start exited with {proc.returncode}")
+            return ""
+        if head.proc.poll() is not None:
+            return f"ray start exited with {head.proc.returncode}"
         last = (r.stderr.strip().splitlines() or [""])[-1]
         time.sleep(0.5)
-    head.stop()
-    raise RuntimeError(f"the Ray head did not accept a job in {timeout:.0f} s: {last}")
+    return f"not ready in {timeout:.0f} s: {last}"
 
 
 def small_settings(cache_dir: str, storage: str, epochs: int = 3) -> list[str]:

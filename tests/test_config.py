@@ -1,13 +1,16 @@
 """Config: recipe → flags → --set precedence, validation errors naming the field, round trips."""
 
-import glob
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from dynamonet.cli import build_parser, config_from_args, parse_config, recipe_path
 from dynamonet.config import Config, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = {"embedded", "embedded_pretrain", "pretrain", "kinetics400", "ucf101", "hmdb51"}
 
 
 def parse(argv, recipe="embedded"):
@@ -15,13 +18,15 @@ def parse(argv, recipe="embedded"):
 
 
 def test_every_recipe_loads_or_demands_its_dataset():
-    for path in glob.glob("pipelines/recipes/*.yaml"):
+    paths = sorted((ROOT / "pipelines" / "recipes").glob("*.yaml"))
+    assert {p.stem for p in paths} >= RECIPES  # a glob from the wrong place would find nothing and pass
+    for path in paths:
         try:
-            cfg = load_config(path)
+            cfg = load_config(str(path))
         except ValueError as e:  # paper recipes need --data / --storage-path
             assert str(e).startswith(("data.root:", "run.storage_path:")), (path, e)
-            cfg = load_config(path, ["data.root=s3://b/p", "run.storage_path=s3://b/runs"])
-        assert cfg.recipe == path.split("/")[-1][:-5]
+            cfg = load_config(str(path), ["data.root=s3://b/p", "run.storage_path=s3://b/runs"])
+        assert cfg.recipe == path.stem
 
 
 def test_precedence_recipe_then_flags_then_set():
@@ -57,9 +62,9 @@ def test_fingerprint_ignores_bookkeeping_but_not_hyperparameters():
     assert a.fingerprint() != a.override("loss.alpha", 0.5).fingerprint()
 
 
-def test_cli_error_is_one_line_and_exit_2():
-    p = subprocess.run([sys.executable, "pipelines/train_joint.py", "--kernel-size", "4"],
-                       capture_output=True, text=True, timeout=120)
+def test_cli_error_is_one_line_and_exit_2(tmp_path):
+    p = subprocess.run([sys.executable, str(ROOT / "pipelines" / "train_joint.py"), "--kernel-size", "4"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2
     assert p.stderr.strip() == "error: model.kernel_size: must be an odd integer in 3..7, got 4"
 

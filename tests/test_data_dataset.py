@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import collections
 import os
+import socket
 import threading
-import time
 import zlib
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import crop_center, frame_index, free_port, position_frames, write_video
+from helpers import crop_center, frame_index, position_frames, reset_connection, write_video
 
 from dynamonet.config import DataConfig
 from dynamonet.data import STATUS_CORRUPT, STATUS_OK, STATUS_PADDING, build_clip_dataset, open_dataset
@@ -27,6 +29,55 @@ from dynamonet.storage import resolve_filesystem, write_bytes_atomic
 
 pytestmark = pytest.mark.ray
 TRAIN_FRAMES, VAL_FRAMES = [20, 24, 28, 32, 36], [17, 25, 40]
+T = TypeVar("T")
+
+
+class ResettingListener:
+    """A TCP listener on 127.0.0.1 that counts the connections it accepts and resets each one at once
+    (SO_LINGER 0): every request sent to it fails with a network error, and each try is one accept."""
+
+    def __init__(self) -> None:
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(0.05)
+        self.port: int = self._sock.getsockname()[1]
+        self.accepts = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            self.accepts += 1  # counted before the reset that makes the client's try fail
+            reset_connection(conn)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._sock.close()
+
+
+def within(seconds: float, fn: Callable[[], T]) -> T:
+    """``fn()`` in a daemon thread: its result or exception, or a test failure if it hangs past ``seconds``."""
+    results: list[T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(fn())
+        except BaseException as e:  # re-raised in the test's thread
+            errors.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=seconds)
+    assert results or errors, f"hung for more than {seconds} s"
+    if errors:
+        raise errors[0]
+    return results[0]
 
 
 @pytest.fixture(scope="module")
@@ -183,10 +234,13 @@ def test_configuration_errors_are_one_line_naming_the_field(position_dataset, tm
     assert error(config(str(tmp_path / "nope"))).startswith("data.root: directory")
     empty = position_dataset.rsplit("/", 1)[0] + "/elsewhere"
     assert error(config(empty)).startswith(f"data.root: no manifest.json at {empty}/manifest.json")
-    t0 = time.monotonic()
-    msg = error(config(position_dataset, s3_endpoint=f"127.0.0.1:{free_port()}"))
-    assert msg.startswith("data.s3_endpoint: cannot reach the S3 endpoint http://127.0.0.1:")
-    assert time.monotonic() - t0 < 8                                             # no long retry policy here
+    server = ResettingListener()
+    try:
+        msg = within(120, lambda: error(config(position_dataset, s3_endpoint=f"127.0.0.1:{server.port}")))
+    finally:
+        server.close()
+    assert msg.startswith(f"data.s3_endpoint: cannot reach the S3 endpoint http://127.0.0.1:{server.port} ")
+    assert server.accepts == 1                   # one try: the probe does not ride the streaming retry policy
     assert error(config(position_dataset, clip_len=24)).startswith("data.clip_len: a clip spans 49 frames")
     assert error(config(position_dataset, val_split="test")).startswith("data.val_split: split 'test'")
 

@@ -62,8 +62,9 @@ def test_ingest_each_source_layout_to_s3(source, tmp_path, s3_server, ray_local)
                 "unlabeled": ({"unlabeled": 8}, 0)}[source]
     assert m.counts["per_split"] == expected[0] and m.rejected == expected[1] == len(summary.rejected)
     assert all("missing" in r["reason"] for r in rejected(out)) and m.labels_hflip_invariant
-    keys = s3_server.keys(out)                                   # seen through boto3 as well
-    assert keys[-2:] == ["shards/manifest.json", "shards/rejected.jsonl"] or "shards/manifest.json" in keys
+    shards = [f"shards/{rel}" for info in m.splits.values() for rel in info.shards]
+    assert len(shards) == sum((n + 1) // 2 for n in expected[0].values())      # 2 videos per shard
+    assert s3_server.keys(out) == sorted(["shards/manifest.json", "shards/rejected.jsonl", *shards])  # via boto3
     for split in m.splits:
         rows = shard_rows(m, split)
         assert sorted(r["video_index"] for r in rows) == list(range(len(rows)))

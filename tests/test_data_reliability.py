@@ -1,8 +1,9 @@
 """Failures in the middle of a clip stream stay bounded.
 
-* The S3 endpoint becomes unreachable for 20 s: the stream carries on through the retries
-  configured in pyarrow (no retry loop of ours), and no row is lost or duplicated. A throttling TCP
-  proxy in front of moto plays the network; moto keeps running.
+* The S3 endpoint becomes unreachable for 20 s, from the stream's first shard read on: the stream
+  carries on through the retries configured in pyarrow (no retry loop of ours), and no row is lost
+  or duplicated. A throttling TCP proxy in front of moto plays the network (it resets every
+  connection during the outage); moto keeps running.
 * A decoder process is killed while it decodes a shard: the task is retried within
   ``data.decode_max_retries`` (nothing lost, nothing twice), or, past the bound, the epoch fails
   with one line naming the shard; within a time limit either way.
@@ -40,23 +41,22 @@ def test_stream_survives_a_20s_outage_without_losing_or_duplicating_rows(tmp_pat
     try:
         cfg = DataConfig(root=out, s3_endpoint=f"http://127.0.0.1:{proxy.port}", clip_len=4, crop_size=64,
                          resize_short=96, decode_actors=2, decode_cpus=0.5, val_split="")
-        ds, info = build_clip_dataset(cfg, "train", training=False)
+        ds, info = build_clip_dataset(cfg, "train", training=False)   # reads the manifest: before the outage
+        proxy.arm_outage(OUTAGE_S)   # the stream's first read of a shard starts it: no shard is read before
+        before, t0 = proxy.connections, time.monotonic()
         seen: collections.Counter = collections.Counter()
-        t0, outage_at, connections_before = time.monotonic(), None, 0
         for b in ds.iter_batches(batch_size=1, batch_format="numpy"):
-            assert time.monotonic() - t0 < 300
+            assert time.monotonic() - t0 < 300                          # a hang guard only
             seen.update(zip(b["video_id"].tolist(), b["clip_index"].tolist(), b["status"].tolist(), strict=True))
-            if outage_at is None:                                      # first row delivered: pull the plug
-                outage_at, connections_before = time.monotonic(), proxy.connections
-                proxy.outage(OUTAGE_S)
-        waited = time.monotonic() - outage_at
+        ended = time.monotonic()
     finally:
         proxy.close()
     expected = {(f"train/c{v % 3}/v{v:02d}", k, STATUS_OK)
                 for v in range(12) for k in range(num_eval_windows(20 + v, 4))}
     assert info.num_clips == len(expected)
     assert set(seen) == expected and set(seen.values()) == {1}         # nothing lost, nothing twice
-    assert waited >= OUTAGE_S and proxy.connections > connections_before  # reads resumed after the outage
+    assert proxy.outage_started.is_set() and proxy.refused >= 1       # reads were refused during the outage
+    assert ended - proxy.outage_started_at >= OUTAGE_S and proxy.connections > before  # and resumed after it
 
 
 @pytest.fixture(scope="module")

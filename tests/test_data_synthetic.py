@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import numpy as np
 import pytest
@@ -89,18 +88,42 @@ def test_mirror_label_map_swaps_left_right_and_rotation_sense():
     assert mirror_label_map(["translate_right", "translate_up"]) is None  # no mirror class: no flips
 
 
-def test_ensure_synthetic_dataset_is_cached_by_config(tmp_path):
+def _files(root: str) -> dict[str, tuple[int, int, int]]:
+    """``relative path -> (inode, mtime in ns, size)`` of every file under ``root``."""
+    out = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            st = os.stat(os.path.join(folder, name))
+            out[os.path.relpath(os.path.join(folder, name), root)] = (st.st_ino, st.st_mtime_ns, st.st_size)
+    return out
+
+
+def test_ensure_synthetic_dataset_is_cached_by_config(tmp_path, monkeypatch):
+    from dynamonet.data import synthetic
+
+    rendered: list[str] = []
+    real = synthetic.render_video
+
+    def counting(motion: str, *args: object, **kwargs: object) -> np.ndarray:
+        rendered.append(motion)
+        return real(motion, *args, **kwargs)
+
+    monkeypatch.setattr(synthetic, "render_video", counting)
     cfg = SyntheticConfig(num_classes=3, train_per_class=2, val_per_class=1, num_frames=12, size=32)
     root = ensure_synthetic_dataset(cfg, str(tmp_path))
+    videos = cfg.num_classes * (cfg.train_per_class + cfg.val_per_class)
+    assert len(rendered) == videos                              # the spy sees every rendered video
     manifest = json.load(open(os.path.join(root, "manifest.json")))
     assert manifest["counts"]["per_split"] == {"train": 6, "val": 3}
     assert manifest["transcode"]["short_side"] == 32 and manifest["splits"]["train"]["max_frames"] == 12
     assert manifest["labels_hflip_invariant"] is False          # a flip would swap left/right, cw/ccw
     names = manifest["class_names"]
     assert [names[i] for i in manifest["hflip_label_map"]] == ["translate_right", "translate_left", "translate_up"]
-    t0 = time.perf_counter()
-    assert ensure_synthetic_dataset(cfg, str(tmp_path)) == root and time.perf_counter() - t0 < 0.5
+    before = _files(root)
+    assert ensure_synthetic_dataset(cfg, str(tmp_path)) == root
+    assert len(rendered) == videos and _files(root) == before  # reused: nothing rendered, no file rewritten
     other = ensure_synthetic_dataset(SyntheticConfig(**{**cfg.__dict__, "seed": 1}), str(tmp_path))
+    assert len(rendered) == 2 * videos                          # another config is another build
     built = sorted(n for n in os.listdir(tmp_path) if not n.endswith(".lock"))   # no temp dirs left
     assert other != root and built == sorted([os.path.basename(root), os.path.basename(other)])
 

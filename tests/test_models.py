@@ -18,6 +18,7 @@ from dynamonet.models import (
     list_models,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 T, SIZE, CLASSES = 4, 32, 5
 
 
@@ -107,7 +108,7 @@ def test_wrong_input_raises() -> None:
 
 
 def test_embedded_default_builds_from_recipe() -> None:
-    cfg = load_config(str(Path(__file__).parents[1] / "pipelines/recipes/embedded.yaml"))
+    cfg = load_config(str(ROOT / "pipelines" / "recipes" / "embedded.yaml"))
     model = build_model_from_config(cfg, 13)
     d = cfg.data
     x = torch.rand(2, 3, d.clip_len, d.crop_size, d.crop_size)

@@ -10,10 +10,11 @@ rehearsal cluster (tests/test_rehearsal.py).
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import re
-import time
+import shutil
 from pathlib import Path
 
 import pytest
@@ -71,16 +72,28 @@ def _val_top1_per_epoch(run_dir: Path) -> list[float]:
     return [e.value for e in acc.Scalars("val/top1")]
 
 
-def test_evaluate_and_predict(trained, tmp_path, ray_head):
+def test_evaluate_and_predict(trained, tmp_path, ray_head, dirs):
     _, run_dir = trained
     p = run(pipeline("evaluate.py", "--checkpoint", str(run_dir)), ray_head.client_env())
     assert p.returncode == 0
     out_dir = run_dir / "eval" / "val"
-    metrics = json.loads((out_dir / "metrics.json").read_text())["metrics"]
-    for key in ("eval/top1", "eval/top5", "eval/clip_top1", "eval/fp_ssim", "eval/fp_psnr", "eval/copy_last_ssim"):
-        assert 0 <= metrics[key] <= 100, key
-    assert (out_dir / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len((out_dir / "per_class.csv").read_text().splitlines()) == 5
+    report = json.loads((out_dir / "metrics.json").read_text())
+    metrics = report["metrics"]
+    for key in ("eval/top1", "eval/top5", "eval/clip_top1", "eval/fp_ssim", "eval/copy_last_ssim"):
+        assert math.isfinite(metrics[key]) and 0 <= metrics[key] <= 1, (key, metrics[key])
+    assert math.isfinite(metrics["eval/fp_psnr"]) and metrics["eval/fp_psnr"] > 0
+    assert metrics["eval/top5"] == 1.0  # 4 classes: the top 5 hold every class
+    # one row per video; the video top-1 is the share of rows whose predicted class is the label
+    with open(out_dir / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == report["num_videos"] == 12 and len({r["video_id"] for r in rows}) == 12
+    assert abs(metrics["eval/top1"] - sum(r["label"] == r["predicted"] for r in rows) / len(rows)) < 1e-9
+    per_class = {r["class"]: r for r in csv.DictReader((out_dir / "per_class.csv").read_text().splitlines())}
+    for name, row in per_class.items():
+        mine = [r for r in rows if r["label"] == name]
+        assert int(row["videos"]) == len(mine) == 3
+        assert abs(float(row["top1"]) - sum(r["predicted"] == name for r in mine) / 3) < 1e-3
+    _assert_png(out_dir / "confusion_matrix.png")
     # the mean over several checkpoints (UCF101/HMDB51 splits protocol)
     two = run(pipeline("evaluate.py", "--checkpoint", str(run_dir / "checkpoint_epoch0003"),
                        "--checkpoint", str(run_dir / "checkpoint_best"), "--out", str(tmp_path / "ev")),
@@ -90,30 +103,71 @@ def test_evaluate_and_predict(trained, tmp_path, ray_head):
     s2 = json.loads((tmp_path / "ev" / "split2" / "metrics.json").read_text())["metrics"]["eval/top1"]
     assert f"top1={(s1 + s2) / 2:.4f}" in two.stdout.splitlines()[-1]
 
-    video = tmp_path / "clip.mp4"
-    _write_motion_video(video, "translate_up")
+    # predict.py on a video file of known class: the validation video the evaluation was surest of
+    right = [r for r in rows if r["label"] == r["predicted"]]
+    assert right, rows  # a trained model gets at least one of 12 right
+    sure = max(right, key=lambda r: float(r["score"]))
+    video = tmp_path / "known.mp4"
+    video.write_bytes(_video_bytes(dirs, "val", sure["video_id"]))
     fig = tmp_path / "fig.png"
     q = run(pipeline("predict.py", str(video), "--checkpoint", str(run_dir), "--save-figure", str(fig)),
             ray_head.client_env())
     assert q.returncode == 0
-    ranks = [line for line in q.stdout.splitlines() if re.match(r"\s+\d\. ", line)]
-    assert len(ranks) == 4  # top-5 of a 4-class model
-    assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ranks = [line.split() for line in q.stdout.splitlines() if re.match(r"\s+\d\. ", line)]
+    assert len(ranks) == 4 and {r[1] for r in ranks} == set(per_class)  # top-5 of a 4-class model
+    assert ranks[0][1] == sure["label"], (sure, q.stdout)
+    probs = [float(r[2]) for r in ranks]
+    assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 0.01
+    _assert_png(fig)
 
 
-def _write_motion_video(path: Path, motion: str) -> None:
-    import numpy as np
+def _video_bytes(dirs: dict, split: str, video_id: str) -> bytes:
+    """The canonical video ``video_id`` of the synthetic set, as stored in its shards."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
-    from dynamonet.data.encode import encode_video
-    from dynamonet.data.synthetic import render_video
+    from dynamonet.data.shards import read_manifest
 
-    frames = render_video(motion, np.random.default_rng(123), 16, 40)
-    path.write_bytes(encode_video(frames, 25.0))
+    manifest = read_manifest(str(next((Path(dirs["cache"]) / "synthetic").glob("synthetic-*"))))
+    for uri in manifest.shard_uris(split):
+        table = pq.read_table(uri, columns=["video_id", "video"])
+        hit = table.filter(pc.equal(table["video_id"], video_id))
+        if hit.num_rows:
+            return hit["video"][0].as_py()
+    raise AssertionError(f"{video_id} is in no {split} shard")
 
 
-def test_bad_configuration_fails_fast_with_one_line(trained, dirs, ray_head, s3_server):
+def _assert_png(path: Path) -> None:
+    """A readable PNG with a picture in it (not one flat colour)."""
+    import matplotlib.image as mpimg
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    img = mpimg.imread(path)
+    assert img.ndim == 3 and img.shape[0] >= 100 and img.shape[1] >= 100 and float(img[..., :3].std()) > 0.01
+
+
+def test_force_resumes_a_run_whose_config_changed(trained, dirs, ray_head):
+    """A stored run refuses another config in one line; ``--force`` resumes it with the new one."""
+    run_dir = dirs["runs"] / "e2e-force"
+    shutil.copytree(trained[1], run_dir)  # a stored run of 4 epochs, the shared one left as it is
+    changed = [*settings(dirs, 5), "--name", "e2e-force", "--set", "loss.alpha=0.2"]
+    p = run(pipeline("train_joint.py", *changed), ray_head.client_env(), timeout=120)
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]  # after Ray's connection lines
+    assert p.returncode == 2 and len(errors) == 1 and p.stderr.strip().endswith(errors[0]), p.stderr[-2000:]
+    assert errors[0].startswith("error: run.name: run 'e2e-force' already exists with a different config") and \
+        "loss.alpha: 0.1 -> 0.2" in errors[0], errors
+    assert "RayTrainWorker" not in p.stdout + p.stderr
+    assert checkpoint_epochs(run_dir) == [3, 4]  # untouched
+    q = run(pipeline("train_joint.py", *changed, "--force"), ray_head.client_env())
+    assert q.returncode == 0 and "resuming 'e2e-force' from epoch 4" in q.stdout, q.stdout[-3000:]
+    assert "DONE run=e2e-force epochs=5" in q.stdout and checkpoint_epochs(run_dir) == [4, 5]
+    stored = (run_dir / "dynamonet_config.yaml").read_text()
+    assert "alpha: 0.2" in stored  # the run now carries the config it was resumed with
+
+
+def test_bad_configuration_fails_fast_with_one_line(trained, dirs, ray_head, s3_server, closed_port):
     root = str(next((Path(dirs["cache"]) / "synthetic").glob("synthetic-*")))
-    closed = f"http://127.0.0.1:{_closed_port()}"
+    closed = f"http://127.0.0.1:{closed_port}"
     cases = [
         (["--model", "r3d_bogus"], "error: model.arch"),
         (["--data", "/nonexistent/dataset"], "error: data.root"),
@@ -122,16 +176,9 @@ def test_bad_configuration_fails_fast_with_one_line(trained, dirs, ray_head, s3_
     ]
     env = {k: v for k, v in ray_head.client_env().items() if k != "RAY_ADDRESS"}
     for extra, prefix in cases:
-        t0 = time.monotonic()
         p = run(pipeline("train_joint.py", "--set", f"run.storage_path={dirs['runs']}", *extra), env, timeout=120)
         lines = p.stderr.strip().splitlines()
         assert p.returncode == 2, (extra, p.stderr[-2000:])
         assert len(lines) == 1 and lines[0].startswith(prefix), (extra, lines)
         assert "RayTrainWorker" not in p.stdout + p.stderr and "Started a local Ray" not in p.stderr
-        assert time.monotonic() - t0 < 60, extra
 
-
-def _closed_port() -> int:
-    from helpers import free_port
-
-    return free_port()  # nothing listens there: connections are refused

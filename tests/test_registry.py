@@ -67,24 +67,93 @@ def _params(name: str, **kw: object) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+# Reference sizes computed here from the architecture of Hara et al. (3D-ResNets-PyTorch), independently of
+# dynamonet.models: a 7x7x7 stem conv (stride 1,2,2, pad 3) + BN, a 3x3x3 max-pool (stride 2), four stages whose
+# first block strides 2 from stage 2 on, a global average pool and an FC layer with bias. Every conv is bias-free
+# and followed by a BN (weight + bias). Shortcut A is parameter-free; B is a 1x1x1 conv + BN where the shape changes.
+EXPANSION = {"basic": 1, "bottleneck": 4, "resnext": 2}
+
+
+def _out(n: int, kernel: int, stride: int, pad: int) -> int:
+    return (n + 2 * pad - kernel) // stride + 1
+
+
+def _hara_reference(block: str, layers: tuple[int, ...], widths: tuple[int, ...], shortcut: str, cardinality: int = 1,
+                    stem: int = 64, num_classes: int = 400, clip_len: int = 16, size: int = 112) -> tuple[int, int]:
+    """``(parameters, forward FLOPs)`` of Hara's 3D ResNet/ResNeXt in backbone form, FLOPs = 2 per multiply-add
+    of the convs and the FC layer for one ``(1, 3, clip_len, size, size)`` clip."""
+    params, flops = 0, 0
+
+    def conv(k: int, cin: int, cout: int, t: int, hw: int, groups: int = 1) -> None:
+        nonlocal params, flops
+        weights = k**3 * (cin // groups) * cout
+        params += weights + 2 * cout  # the conv, then its BN
+        flops += 2 * weights * t * hw * hw
+
+    t, hw = clip_len, _out(size, 7, 2, 3)
+    conv(7, 3, stem, t, hw)
+    t, hw = _out(t, 3, 2, 1), _out(hw, 3, 2, 1)
+    cin = stem
+    for stage, (blocks, planes) in enumerate(zip(layers, widths, strict=True)):
+        cout = planes * EXPANSION[block]
+        for b in range(blocks):
+            stride = 2 if stage > 0 and b == 0 else 1
+            t2, hw2 = _out(t, 3, stride, 1), _out(hw, 3, stride, 1)
+            if block == "basic":
+                conv(3, cin, planes, t2, hw2)
+                conv(3, planes, planes, t2, hw2)
+            else:
+                conv(1, cin, planes, t, hw)
+                conv(3, planes, planes, t2, hw2, groups=cardinality)
+                conv(1, planes, cout, t2, hw2)
+            if shortcut == "B" and (stride != 1 or cin != cout):
+                conv(1, cin, cout, t2, hw2)
+            t, hw, cin = t2, hw2, cout
+    params += cin * num_classes + num_classes
+    flops += 2 * cin * num_classes
+    return params, flops
+
+
+R3D18 = ("basic", (2, 2, 2, 2), (64, 128, 256, 512))
+RESNEXT101 = ("resnext", (3, 4, 23, 3), (128, 256, 512, 1024))
+# torchvision's published size of r3d_18 (R3D_18_Weights.KINETICS400_V1 "num_params", 400 classes): type-B
+# shortcuts, but a 3x7x7 stem where Hara's is 7x7x7, i.e. (7 - 3)*7*7*3*64 weights fewer.
+TORCHVISION_R3D18_PARAMS = 33_371_472
+TORCHVISION_STEM_DIFFERENCE = (7 - 3) * 7 * 7 * 3 * 64
+
+
 @pytest.mark.parametrize(
-    ("name", "shortcut", "millions"),
-    [("resnext101", None, 48.34), ("r3d18", "A", 33.24), ("r3d18", "B", 33.41), ("r3d18", None, 33.24)],
+    ("name", "shortcut", "reference"),
+    [("resnext101", None, (*RESNEXT101, "B", 32)), ("r3d18", "A", (*R3D18, "A")), ("r3d18", "B", (*R3D18, "B")),
+     ("r3d18", None, (*R3D18, "A"))],
 )
-def test_reference_parameter_counts(name: str, shortcut: str | None, millions: float) -> None:
-    assert abs(_params(name, shortcut=shortcut) / 1e6 - millions) <= 0.01 * millions
+def test_reference_parameter_counts(name: str, shortcut: str | None, reference: tuple) -> None:
+    expected, _ = _hara_reference(*reference)
+    assert _params(name, shortcut=shortcut) == expected
+
+
+def test_reference_counts_agree_with_published_sizes() -> None:
+    """The hand count reproduces the published sizes: torchvision's r3d_18 exactly (stem aside), and the
+    0.01 M figures of Hara et al. quoted in docs/model.md."""
+    a, b = _hara_reference(*R3D18, "A")[0], _hara_reference(*R3D18, "B")[0]
+    assert b == TORCHVISION_R3D18_PARAMS + TORCHVISION_STEM_DIFFERENCE
+    assert (round(a / 1e6, 2), round(b / 1e6, 2)) == (33.24, 33.41)
+    assert round(_hara_reference(*RESNEXT101, "B", 32)[0] / 1e6, 2) == 48.34
+    assert _params("r3d18", shortcut="B") == TORCHVISION_R3D18_PARAMS + TORCHVISION_STEM_DIFFERENCE
 
 
 def test_resnext101_flops_on_meta() -> None:
     out = summarize("resnext101", num_classes=400, clip_len=16, size=112, mode="backbone")
-    assert abs(out["params"] / 1e6 - 48.34) <= 0.4834
-    assert abs(out["gflops"] - 19.1) <= 0.191
+    params, flops = _hara_reference(*RESNEXT101, "B", 32)
+    assert out["params"] == params
+    assert out["gflops"] == round(flops / 1e9, 3) and round(out["gflops"], 1) == 19.1
 
 
 def test_summary_cli_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert summary_main(["r3d18", "--num-classes", "400", "--clip-len", "16", "--size", "112", "--shortcut", "B"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert abs(out["params"] / 1e6 - 33.41) <= 0.3341 and out["gflops"] > 0
+    params, flops = _hara_reference(*R3D18, "B")
+    assert out["params"] == params and out["gflops"] == round(flops / 1e9, 3) and out["shortcut"] == "B"
     assert summary_main(["--list"]) == 0
     assert set(REQUIRED) <= set(json.loads(capsys.readouterr().out)["models"])
     assert summary_main(["r3d_tiny", "--mode", "joint", "--clip-len", "8", "--size", "40", "--num-classes", "13"]) == 0

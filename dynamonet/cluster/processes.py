@@ -93,8 +93,8 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """``count`` distinct ports that are free on ``host`` right now (the OS picks them).
 
     They are released before Ray binds them, so another process could take one in between; the
-    OS hands out ephemeral ports in rotation, which makes that rare, and a node that cannot bind
-    fails to start with Ray's own message.
+    OS hands out ephemeral ports in rotation, which makes that rare, and a process that cannot bind
+    exits: its starter then starts it again on fresh ports.
     """
     socks = []
     try:

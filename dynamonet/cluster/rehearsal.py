@@ -62,6 +62,10 @@ SYSTEM_ENV = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_th
               "RAY_health_check_initial_delay_ms": "1000"}
 
 
+class NodeExited(RuntimeError):
+    """A rehearsal node's ``ray start`` exited before the node joined."""
+
+
 @dataclass(frozen=True)
 class NodeSpec:
     """What a node of a role offers Ray."""
@@ -141,8 +145,20 @@ class Rehearsal:
             raise LookupError(f"no live {role} node in the rehearsal at {self.state_dir}")
         return live[-1]
 
-    def add_node(self, role: str, timeout_s: float = 120.0) -> Node:
-        """Start a node of ``role`` in a new mount namespace and wait until the cluster lists it."""
+    def add_node(self, role: str, timeout_s: float = 120.0, attempts: int = 3) -> Node:
+        """Start a node of ``role`` in a new mount namespace and wait until the cluster lists it.
+
+        Its ports are found free, then bound by Ray: a node that exits because another process took
+        one in between is started again on fresh ports, up to ``attempts`` times."""
+        for attempt in range(attempts):
+            try:
+                return self._start_node(role, timeout_s)
+            except NodeExited:
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start_node(self, role: str, timeout_s: float) -> Node:
         spec = ROLES[role]
         ip = f"127.0.0.{len(self.nodes) + 1}"
         names = ["node_manager", "object_manager", "runtime_env_agent", "dashboard_agent_grpc",
@@ -189,7 +205,9 @@ class Rehearsal:
         deadline, last = time.monotonic() + timeout_s, ""
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise RuntimeError(f"the {node.role} node exited with {proc.returncode}: {_tail(node.log)}")
+                self.nodes.remove(node)
+                self.save()
+                raise NodeExited(f"the {node.role} node exited with {proc.returncode}: {_tail(node.log)}")
             try:
                 if node.role == "head":
                     self.http_json("/api/version")
@@ -290,23 +308,29 @@ def _tail(path: str, n: int = 15) -> str:
         return "(no log)"
 
 
-def start_s3_server(state_dir: str, timeout_s: float = 30.0) -> tuple[str, int]:
-    """moto in server mode on a free loopback port, as its own process; ``(endpoint, pid)``."""
-    (port,) = free_ports(1)
-    log = open(os.path.join(state_dir, "moto.log"), "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            urllib.request.urlopen(endpoint, timeout=2).close()
-            return endpoint, proc.pid
-        if proc.poll() is not None:
+def start_s3_server(state_dir: str, timeout_s: float = 30.0, attempts: int = 3) -> tuple[str, int]:
+    """moto in server mode on a free loopback port, as its own process; ``(endpoint, pid)``.
+
+    A server that exits at once (another process took the port after it was found free) is
+    started again on a fresh port, up to ``attempts`` times."""
+    log_path = os.path.join(state_dir, "moto.log")
+    for _ in range(attempts):
+        (port,) = free_ports(1)
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        endpoint = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(endpoint, timeout=2).close()
+                return endpoint, proc.pid
+            time.sleep(0.2)
+        if proc.poll() is None:  # up but not answering: not a port race
+            kill_all([proc.pid])
             break
-        time.sleep(0.2)
-    kill_all([proc.pid])
-    raise RuntimeError(f"the S3 server (moto) did not start: {_tail(os.path.join(state_dir, 'moto.log'))}")
+    raise RuntimeError(f"the S3 server (moto) did not start: {_tail(log_path)}")
 
 
 def check_supported() -> str:

@@ -20,6 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from dynamonet.storage import join_uri, read_bytes, resolve_filesystem, write_bytes_atomic
 
@@ -124,6 +125,16 @@ def read_manifest(root: str, endpoint: str = "", fs: pafs.FileSystem | None = No
     fs_, path = resolve_filesystem(root, endpoint)
     fs = fs or fs_
     return Manifest.from_json(read_bytes(fs, f"{path}/{MANIFEST_NAME}").decode(), root=root)
+
+
+def read_video_ids(manifest: Manifest, split: str, endpoint: str = "") -> dict[int, str]:
+    """``{video_index: video_id}`` of ``split``, read from its shards' two small columns (no video bytes)."""
+    out: dict[int, str] = {}
+    for uri in manifest.shard_uris(split):
+        fs, path = resolve_filesystem(uri, endpoint)
+        table = pq.read_table(path, filesystem=fs, columns=["video_index", "video_id"])
+        out.update(zip(table.column("video_index").to_pylist(), table.column("video_id").to_pylist(), strict=True))
+    return out
 
 
 def write_manifest(manifest: Manifest, endpoint: str = "") -> None:
