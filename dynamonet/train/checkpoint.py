@@ -51,6 +51,20 @@ def save_checkpoint(directory: str, *, model: nn.Module, optimizer: torch.optim.
     return path
 
 
+def restore_training_state(state: dict[str, Any], *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                           schedule: Any, scaler: Any) -> tuple[int, dict[str, float]]:
+    """Load a checkpoint's ``state`` (as written by :func:`save_checkpoint`) into freshly built
+    objects to resume exactly: model (DDP-wrapped or not), optimiser, schedule and the AMP
+    ``GradScaler`` (its scale, growth tracker and factors; a checkpoint of a run without fp16 has
+    none, and the scaler keeps its initial state). Returns (completed epochs, metrics)."""
+    unwrap(model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    return int(state["epoch"]), dict(state.get("metrics") or {})
+
+
 def best_metric(cfg: Any) -> tuple[str, str] | None:
     """``(metric, mode)`` that picks a run's best checkpoint: ``val/top1`` with a classifier, the
     validation frame-prediction loss in pretraining; None without a validation split."""

@@ -36,7 +36,7 @@ from dynamonet import storage
 from dynamonet.config import Config
 from dynamonet.data.dataset import DataStreamError, describe_data_error, publish_epoch
 from dynamonet.models import build_model_from_config
-from dynamonet.train.checkpoint import CHECKPOINT_FILE, save_checkpoint
+from dynamonet.train.checkpoint import CHECKPOINT_FILE, restore_training_state, save_checkpoint
 from dynamonet.train.engine import Progress, emit, train_one_epoch, validate
 from dynamonet.train.optim import LRSchedule, build_optimizer, scaled_lr
 
@@ -128,12 +128,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, float]:
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location=device, weights_only=True)
-        model.module.load_state_dict(state["model"]) if hasattr(model, "module") else model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, metrics = state["epoch"], state.get("metrics", {})
+        start_epoch, metrics = restore_training_state(state, model=model, optimizer=optimizer, schedule=schedule,
+                                                      scaler=scaler)
         if rank == 0:
             emit(f"[train] resumed from checkpoint at epoch {start_epoch}")
 
