@@ -87,7 +87,8 @@ def test_evaluate_and_predict(trained, tmp_path, ray_head, dirs):
     with open(out_dir / "predictions.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == report["num_videos"] == 12 and len({r["video_id"] for r in rows}) == 12
-    assert abs(metrics["eval/top1"] - sum(r["label"] == r["predicted"] for r in rows) / len(rows)) < 1e-9
+    share = sum(r["label"] == r["predicted"] for r in rows) / len(rows)
+    assert abs(metrics["eval/top1"] - share) < 1e-6  # the metric is a float32 mean (10/12 is off by 1e-8)
     per_class = {r["class"]: r for r in csv.DictReader((out_dir / "per_class.csv").read_text().splitlines())}
     for name, row in per_class.items():
         mine = [r for r in rows if r["label"] == name]
