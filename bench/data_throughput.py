@@ -434,20 +434,6 @@ def _summary(runs: list[dict[str, object]], label: str) -> dict[str, object]:
             | {k: _spread([r[k] for r in runs]) for k, v in first.items() if isinstance(v, float)})
 
 
-def start_moto(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import socket
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc
-        time.sleep(0.1)
-    raise RuntimeError("moto server did not start")
-
-
 def _ratios(a: dict, b: dict, cp: dict, c: dict) -> dict[str, float]:
     """One repeat's ratios (unrounded)."""
     def per_core(r: dict, steady: bool = False) -> float:
@@ -544,27 +530,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.raw_only:  # the clean (a) process: nothing else runs in it
         print(json.dumps(raw_only(args.raw_only, args.clips_per_video, args.seed)))
         return 0
-    import socket
-
     import ray
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    endpoint = f"http://127.0.0.1:{port}"
-    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
-                      AWS_ENDPOINT_URL=endpoint)
-    moto = start_moto(port)
-    try:
-        ray.init(address="local", num_cpus=2 * (os.cpu_count() or 1), include_dashboard=False,
-                 log_to_driver=False)  # never attach to another Ray on the machine
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        with tempfile.TemporaryDirectory(prefix="dynamonet-bench-") as work:
-            result = measure(args, work, endpoint, moto.pid)
-    finally:
-        ray.shutdown()
-        moto.terminate()
-        moto.wait(timeout=30)
+    from dynamonet.cluster.processes import kill_all
+    from dynamonet.cluster.rehearsal import start_s3_server
+
+    with tempfile.TemporaryDirectory(prefix="dynamonet-bench-") as work:
+        endpoint, moto_pid = start_s3_server(work)  # moto in its own process (excluded from the CPU counts)
+        os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+                          AWS_ENDPOINT_URL=endpoint)
+        try:
+            ray.init(address="local", num_cpus=2 * (os.cpu_count() or 1), include_dashboard=False,
+                     log_to_driver=False)  # never attach to another Ray on the machine
+            ray.data.DataContext.get_current().enable_progress_bars = False
+            result = measure(args, work, endpoint, moto_pid)
+        finally:
+            ray.shutdown()
+            kill_all([moto_pid])
     print(json.dumps(result))
     return 0
 

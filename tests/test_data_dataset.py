@@ -4,8 +4,8 @@ with 2 consumers, evaluation windows, corrupt rows, and one-line configuration e
 from __future__ import annotations
 
 import collections
+import math
 import os
-import socket
 import threading
 import zlib
 from collections.abc import Callable
@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import crop_center, frame_index, position_frames, reset_connection, write_video
+from helpers import FlakyProxy, crop_center, frame_index, position_frames, write_video
 
 from dynamonet.config import DataConfig
 from dynamonet.data import STATUS_CORRUPT, STATUS_OK, STATUS_PADDING, build_clip_dataset, open_dataset
@@ -30,34 +30,6 @@ from dynamonet.storage import resolve_filesystem, write_bytes_atomic
 pytestmark = pytest.mark.ray
 TRAIN_FRAMES, VAL_FRAMES = [20, 24, 28, 32, 36], [17, 25, 40]
 T = TypeVar("T")
-
-
-class ResettingListener:
-    """A TCP listener on 127.0.0.1 that counts the connections it accepts and resets each one at once
-    (SO_LINGER 0): every request sent to it fails with a network error, and each try is one accept."""
-
-    def __init__(self) -> None:
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self._sock.settimeout(0.05)
-        self.port: int = self._sock.getsockname()[1]
-        self.accepts = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            self.accepts += 1  # counted before the reset that makes the client's try fail
-            reset_connection(conn)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._sock.close()
 
 
 def within(seconds: float, fn: Callable[[], T]) -> T:
@@ -234,13 +206,14 @@ def test_configuration_errors_are_one_line_naming_the_field(position_dataset, tm
     assert error(config(str(tmp_path / "nope"))).startswith("data.root: directory")
     empty = position_dataset.rsplit("/", 1)[0] + "/elsewhere"
     assert error(config(empty)).startswith(f"data.root: no manifest.json at {empty}/manifest.json")
-    server = ResettingListener()
+    server = FlakyProxy(target_port=0)  # nothing behind it: in a lasting outage it resets every
+    server.outage(math.inf)              # connection at once and counts it, one per try of the client
     try:
         msg = within(120, lambda: error(config(position_dataset, s3_endpoint=f"127.0.0.1:{server.port}")))
     finally:
         server.close()
     assert msg.startswith(f"data.s3_endpoint: cannot reach the S3 endpoint http://127.0.0.1:{server.port} ")
-    assert server.accepts == 1                   # one try: the probe does not ride the streaming retry policy
+    assert server.refused == 1                   # one try: the probe does not ride the streaming retry policy
     assert error(config(position_dataset, clip_len=24)).startswith("data.clip_len: a clip spans 49 frames")
     assert error(config(position_dataset, val_split="test")).startswith("data.val_split: split 'test'")
 

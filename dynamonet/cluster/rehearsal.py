@@ -150,13 +150,10 @@ class Rehearsal:
 
         Its ports are found free, then bound by Ray: a node that exits because another process took
         one in between is started again on fresh ports, up to ``attempts`` times."""
-        for attempt in range(attempts):
-            try:
+        for _ in range(attempts - 1):
+            with contextlib.suppress(NodeExited):
                 return self._start_node(role, timeout_s)
-            except NodeExited:
-                if attempt == attempts - 1:
-                    raise
-        raise AssertionError("unreachable")
+        return self._start_node(role, timeout_s)
 
     def _start_node(self, role: str, timeout_s: float) -> Node:
         spec = ROLES[role]

@@ -129,10 +129,10 @@ def read_manifest(root: str, endpoint: str = "", fs: pafs.FileSystem | None = No
 
 def read_video_ids(manifest: Manifest, split: str, endpoint: str = "") -> dict[int, str]:
     """``{video_index: video_id}`` of ``split``, read from its shards' two small columns (no video bytes)."""
+    fs, root = resolve_filesystem(manifest.root, endpoint)  # one filesystem for every shard
     out: dict[int, str] = {}
-    for uri in manifest.shard_uris(split):
-        fs, path = resolve_filesystem(uri, endpoint)
-        table = pq.read_table(path, filesystem=fs, columns=["video_index", "video_id"])
+    for rel in manifest.splits[split].shards:
+        table = pq.read_table(f"{root}/{rel}", filesystem=fs, columns=["video_index", "video_id"])
         out.update(zip(table.column("video_index").to_pylist(), table.column("video_id").to_pylist(), strict=True))
     return out
 
