@@ -111,7 +111,10 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 def free_port_range(count: int, host: str = "127.0.0.1", lo: int = 20000, hi: int = 32000) -> tuple[int, int]:
     """``(first, last)`` of ``count`` consecutive ports that are all free on ``host`` now (below the
     ephemeral range, so the OS does not hand them out meanwhile)."""
-    for first in range(lo + (os.getpid() * 7919) % (hi - lo - count), hi - count, count):
+    windows = (hi - lo) // count
+    offset = (os.getpid() * 7919) % windows  # processes on one machine start their search apart
+    for k in range(windows):  # every window of the range, wrapping around from the offset
+        first = lo + (offset + k) % windows * count
         socks = []
         try:
             for port in range(first, first + count):
