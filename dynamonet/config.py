@@ -69,9 +69,14 @@ class ModelConfig:
         _check(self.shortcut in ("", "A", "B"), "model.shortcut", f"must be A, B or empty, got {self.shortcut!r}")
 
 
+SYNTHETIC_KINDS = ("motion", "subtle")
+
+
 @dataclass
 class SyntheticConfig:
-    num_classes: int = _f(13, "motion classes (8 translations, 2 rotations, zoom in/out, static)")
+    kind: str = _f("motion", "motion: 13 global motions (the embedded default) | subtle: the benchmark set "
+                             "(subtle object motions among distractors, docs/results.md)")
+    num_classes: int = _f(13, "classes (motion: 8 translations, 2 rotations, zoom in/out, static)")
     train_per_class: int = _f(48, "training videos per class")
     val_per_class: int = _f(12, "validation videos per class")
     num_frames: int = _f(24, "frames per generated video")
@@ -80,6 +85,8 @@ class SyntheticConfig:
     seed: int = _f(0, "generator seed; the dataset is a pure function of this config")
 
     def __post_init__(self) -> None:
+        _check(self.kind in SYNTHETIC_KINDS, "data.synthetic.kind",
+               f"unknown kind {self.kind!r}; choose from {', '.join(SYNTHETIC_KINDS)}")
         _check(2 <= self.num_classes <= 13, "data.synthetic.num_classes", f"must be in 2..13, got {self.num_classes}")
         _check(self.train_per_class >= 1 and self.val_per_class >= 1, "data.synthetic.train_per_class",
                "train_per_class and val_per_class must be >= 1")
@@ -119,6 +126,11 @@ class DataConfig:
                                     "lost node); then the epoch fails with a line naming the shard")
     max_eval_clips: int = _f(0, "cap on evaluation clips per video (0 = every non-overlapping clip)")
     shuffle_buffer: int = _f(0, "local shuffle buffer in clips for training batches (0 = off)")
+    label_fraction: float = _f(1.0, "share of the training split's videos used, stratified per class (Table 2's "
+                                    "half-label runs: 0.5); the same videos for every train.seed")
+    label_subset: str = _f("labeled", "labeled: the label_fraction share | unlabeled: the rest of the split "
+                                      "(self-supervised pretraining on what the labeled runs do not use)")
+    label_seed: int = _f(0, "seed of the label_fraction selection (independent of train.seed)")
 
     def __post_init__(self) -> None:
         if isinstance(self.synthetic, dict):
@@ -142,6 +154,11 @@ class DataConfig:
         _check(self.decode_memory_mb >= 64, "data.decode_memory_mb", f"must be >= 64, got {self.decode_memory_mb}")
         _check(self.decode_max_retries >= 0, "data.decode_max_retries",
                f"must be >= 0, got {self.decode_max_retries}")
+        _check(0.0 < self.label_fraction <= 1.0, "data.label_fraction", f"must be in (0, 1], got {self.label_fraction}")
+        _check(self.label_subset in ("labeled", "unlabeled"), "data.label_subset",
+               f"must be labeled or unlabeled, got {self.label_subset!r}")
+        _check(self.label_subset == "labeled" or self.label_fraction < 1.0, "data.label_subset",
+               "unlabeled needs data.label_fraction < 1 (with 1.0 no video is left unlabeled)")
 
 
 @dataclass
@@ -199,7 +216,11 @@ class TrainConfig:
     torch_threads: int = _f(0, "intra-op threads per worker (0 = cores / workers on this node)")
     amp: str = _f("auto", "mixed precision on GPU: auto (bf16 where supported, else fp16) | off | fp16 | bf16")
     channels_last: bool = _f(True, "channels_last_3d memory format on GPU")
-    seed: int = _f(0, "random seed")
+    seed: int = _f(0, "random seed: initialisation, dropout, and every data draw (shard order, windows, crops, "
+                      "flips) derive from it, the epoch, the video and the draw index")
+    deterministic: bool = _f(True, "reproducible runs: Ray Data keeps block order (preserve_order), so the same seed "
+                                   "gives the same batches on every rank; on GPU also deterministic kernels "
+                                   "(cuDNN, cuBLAS; slower). docs/training.md")
     log_every: int = _f(20, "progress line every N steps (rank 0)")
     eval_every: int = _f(1, "validate every N epochs (and always after the last)")
 

@@ -7,9 +7,10 @@
             whose node is lost) ──► each trial: prepare_run + a TorchTrainer run
             <sweep>/trials/<sweep>-<trial_id> (the same code as train_joint.py) reporting through
             TuneReportCallback
-        ──► <storage>/<sweep>/: results.csv (sorted), best_config.yaml (a train_joint.py recipe),
-            plot_<param>.png, Tune's state, and every trial's run with its TensorBoard events and
-            hyperparameters (HParams view): tensorboard --logdir <storage>/<sweep>
+        ──► <storage>/<sweep>/: results.csv (one row per trial, sorted), summary.csv (one row per
+            configuration: mean, std and 95 % CI over its seeds/samples), best_config.yaml (a
+            train_joint.py recipe), plot_<param>.png, Tune's state, and every trial's run with its
+            TensorBoard events and hyperparameters (HParams view): tensorboard --logdir <storage>/<sweep>
 
 A space file::
 
@@ -26,6 +27,7 @@ A space file::
       model.kernel_size: {grid: [3, 5, 7]}
       loss.alpha: {grid: [0.0, 0.1]}
       optim.lr: {loguniform: [0.01, 0.2]}
+      train.seed: {grid: [0, 1, 2]}  # a seed axis: each configuration is reported as mean ± 95 % CI
 """
 
 from __future__ import annotations
@@ -48,6 +50,14 @@ DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
 SCHEDULERS = ("asha", "none")
 SPACE_KEYS = {"name", "recipe", "metric", "mode", "num_samples", "max_concurrent", "max_failures", "scheduler", "set",
               "params", "description"}
+# Swept keys that repeat a configuration instead of defining one: the reports aggregate over them.
+SEED_KEYS = ("train.seed",)
+# Student-t two-sided 95 % quantiles t_{0.975, df} for df = 1..30, to 3 decimals, as in the standard
+# t tables (NIST/SEMATECH e-Handbook of Statistical Methods, 1.3.6.7.2 "Critical Values of the
+# Student's t Distribution", column 0.975). Beyond 30 degrees of freedom the normal quantile 1.96.
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+         2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+         2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
 @dataclass
@@ -334,77 +344,351 @@ def best_of(history: Any, metric: str, mode: str) -> float:
     return float(values.max() if mode == "max" else values.min())
 
 
+def t_975(df: int) -> float:
+    """t_{0.975, df}, the two-sided 95 % Student-t quantile: the table ``T_975`` for df <= 30, 1.96 beyond."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    return T_975[df - 1] if df <= len(T_975) else 1.96
+
+
+def seed_keys(space: SweepSpace) -> list[str]:
+    """The swept keys that only repeat a configuration (``SEED_KEYS``)."""
+    return [k for k in space.params if k in SEED_KEYS]
+
+
+def config_keys(space: SweepSpace) -> list[str]:
+    """The swept keys that define a configuration: every swept key but the seed keys."""
+    return [k for k in space.params if k not in SEED_KEYS]
+
+
+def repeats(space: SweepSpace) -> str:
+    """What repeats a configuration: ``"seeds"`` (a seed axis), ``"samples"`` (num_samples > 1 over
+    grid/choice/randint values, no seed axis) or ``""`` (every configuration runs once; also a random
+    search over uniform/loguniform values, whose every sample is another configuration)."""
+    if seed_keys(space):
+        return "seeds"
+    continuous = any(kind in ("uniform", "loguniform") for spec in space.params.values() for kind in spec)
+    return "samples" if space.num_samples > 1 and not continuous else ""
+
+
+def mean_ci(values: Iterable[Any]) -> dict[str, float]:
+    """``n`` (finite values), ``mean``, ``std`` (sample, ddof=1; NaN for n = 1), ``ci95`` (half-width of
+    the 95 % Student-t interval of the mean, t_{0.975, n-1}·std/√n; NaN for n < 2), ``low``/``high``
+    (mean ∓ ci95), ``min`` and ``max`` of the finite values; NaN statistics for n = 0."""
+    v = [float(x) for x in values if _finite(x)]
+    n, nan = len(v), float("nan")
+    if not v:
+        return {"n": 0, "mean": nan, "std": nan, "ci95": nan, "low": nan, "high": nan, "min": nan, "max": nan}
+    mean = math.fsum(v) / n
+    std = math.sqrt(math.fsum((x - mean) ** 2 for x in v) / (n - 1)) if n > 1 else nan
+    ci = t_975(n - 1) * std / math.sqrt(n) if n > 1 else nan
+    return {"n": n, "mean": mean, "std": std, "ci95": ci, "low": mean - ci, "high": mean + ci,
+            "min": min(v), "max": max(v)}
+
+
+def _finite(x: Any) -> bool:
+    try:
+        return x is not None and not isinstance(x, bool) and math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def _hashable(v: Any) -> Any:
+    """A grouping key for a swept value (lists become tuples, NaN one key)."""
+    v = _plain(v)
+    if isinstance(v, list | tuple):
+        return tuple(_hashable(x) for x in v)
+    if isinstance(v, dict):
+        return tuple(sorted((k, _hashable(x)) for k, x in v.items()))
+    if isinstance(v, float) and math.isnan(v):
+        return "nan"
+    return v
+
+
+def _groups(df: Any, keys: list[str]) -> dict[tuple, list[int]]:
+    """Row positions of ``df`` grouped by their values of ``keys``, in order of first appearance."""
+    columns = [df[k].tolist() for k in keys]
+    out: dict[tuple, list[int]] = {}
+    for i in range(len(df)):
+        out.setdefault(tuple(_hashable(c[i]) for c in columns), []).append(i)
+    return out
+
+
+SUMMARY_STATS = ("n", "mean", "std", "ci95", "low", "high", "min", "max")
+FP_MEAN = "val/fp_ssim mean"
+
+
+def summary_table(df: Any, space: SweepSpace) -> Any:
+    """One row per configuration (the swept values other than the seed keys) of a results table:
+    the configuration's values, ``SUMMARY_STATS`` of the metric over its trials (``mean_ci``), and
+    ``val/fp_ssim mean`` where any trial reported it. Sorted best first by ``mean``; configurations
+    without a finite metric last."""
+    import pandas as pd
+
+    keys = config_keys(space)
+    metric = pd.to_numeric(df[space.metric], errors="coerce").tolist()
+    fp = (pd.to_numeric(df["val/fp_ssim"], errors="coerce").tolist()
+          if "val/fp_ssim" in df and space.metric != "val/fp_ssim" else [])
+    with_fp = any(_finite(x) for x in fp)
+    rows = []
+    for idx in _groups(df, keys).values():
+        row: dict[str, Any] = {k: _plain(df[k].iloc[idx[0]]) for k in keys}
+        row.update(mean_ci(metric[i] for i in idx))
+        if with_fp:
+            row[FP_MEAN] = mean_ci(fp[i] for i in idx)["mean"]
+        rows.append(row)
+    out = pd.DataFrame(rows, columns=[*keys, *SUMMARY_STATS, *([FP_MEAN] if with_fp else [])])
+    out["n"] = out["n"].astype(int)
+    return out.sort_values("mean", ascending=space.mode == "min", na_position="last",
+                           kind="stable").reset_index(drop=True)
+
+
+def ci_separated(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool | None:
+    """Whether the 95 % CIs of two summary rows do not overlap; None without a second row or without
+    both intervals (a configuration with fewer than 2 results)."""
+    if a is None or b is None:
+        return None
+    bounds = (a["low"], a["high"], b["low"], b["high"])
+    if not all(_finite(x) for x in bounds):
+        return None
+    return bool(a["low"] > b["high"] or b["low"] > a["high"])
+
+
 def write_reports(grid: Iterable[Any], space: SweepSpace, base: Config, out_uri: str,
                   endpoint: str = "") -> dict[str, Any]:
-    """results.csv (printed), best_config.yaml and plot_<param>.png under ``out_uri``.
+    """results.csv and summary.csv (both printed), best_config.yaml and the plots under ``out_uri``.
 
     ``out_uri`` is the sweep's directory: a local path, written directly, or an ``s3://`` URI,
     written to a temporary directory and then uploaded with ``pyarrow.fs``.
     """
     df = results_table(grid, space)
+    configs = summary_table(df, space)
     print(df.to_string(index=False, float_format=lambda v: f"{v:.4f}"), flush=True)
+    over = repeats(space)
+    what = f"mean, std and 95 % CI over its {over}" if over else "one trial each"
+    print(f"[sweep] per configuration ({space.metric}, {what}):", flush=True)
+    print(configs.to_string(index=False, float_format=lambda v: f"{v:.4f}"), flush=True)
     if not storage.is_remote(out_uri):
-        summary = _write_report_files(df, space, base, out_uri, out_uri)
+        summary = _write_report_files(df, configs, space, base, out_uri, out_uri)
     else:
         import pyarrow.fs as pafs
 
         fs, path = storage.resolve_filesystem(out_uri, endpoint)
         with tempfile.TemporaryDirectory(prefix="dynamonet-sweep-") as tmp:
-            summary = _write_report_files(df, space, base, tmp, out_uri)
+            summary = _write_report_files(df, configs, space, base, tmp, out_uri)
             pafs.copy_files(tmp, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-    names = ["results.csv"] + (["best_config.yaml"] if summary["best_config"] else []) + ["plot_*.png"]
+    names = (["results.csv", "summary.csv"] + (["best_config.yaml"] if summary["best_config"] else [])
+             + [p.rsplit("/", 1)[-1] for p in summary["plots"]])
     print(f"[sweep] reports ({', '.join(names)}) → {summary['dir']}", flush=True)
     return summary
+
+
+def done_line(summary: dict[str, Any], space: SweepSpace) -> str:
+    """The last line of tune/sweep.py: ``SWEEP done: <n> trials, best <metric>=<x> with {…}; best
+    config: <path>``, where x is the best trial's value, or with repeats the best configuration's
+    mean followed by `` ± <ci95> over <n> seeds`` (or samples)."""
+    value = f"{summary['best_metric']:.4f}"
+    over, n = summary.get("over", ""), summary.get("best_n", 1)
+    if over:
+        value += f" ± {summary['best_ci95']:.4f} over {n} {over}" if n > 1 else f" over 1 {over[:-1]} (no CI)"
+    return (f"SWEEP done: {summary['trials']} trials, best {space.metric}={value} with {summary['best']}; "
+            f"best config: {summary['best_config']}")
 
 
 def _join(uri: str, name: str) -> str:
     return uri.rstrip("/") + "/" + name if storage.is_remote(uri) else os.path.join(uri, name)
 
 
-def _write_report_files(df: Any, space: SweepSpace, base: Config, local_dir: str, uri: str) -> dict[str, Any]:
-    """Write the reports to ``local_dir``; the returned paths name where they end up (``uri``)."""
+def _write_report_files(df: Any, configs: Any, space: SweepSpace, base: Config, local_dir: str,
+                        uri: str) -> dict[str, Any]:
+    """Write the reports to ``local_dir``; the returned paths name where they end up (``uri``).
+
+    The best is the first row of ``configs`` (the summary): with one trial per configuration the
+    best trial, with seeds or samples the configuration with the best mean over them."""
     os.makedirs(local_dir, exist_ok=True)
     df.to_csv(os.path.join(local_dir, "results.csv"), index=False)
-    scored = df[df[space.metric].notna()]
+    configs.to_csv(os.path.join(local_dir, "summary.csv"), index=False)
+    keys, over = config_keys(space), repeats(space)
+    rows = [{k: _plain(v) for k, v in row.items()} for row in configs.to_dict("records")]
+    scored = [r for r in rows if r["n"] > 0]
+    best = scored[0] if scored else None
+    runner = scored[1] if len(scored) > 1 else None
+    separated = ci_separated(best, runner)
     best_params: dict[str, Any] | None = None
     best_metric, best_config = float("nan"), ""
-    if len(scored):
-        best = scored.iloc[0]
-        best_params = {k: _plain(best[k]) for k in space.params}
-        best_metric = float(best[space.metric])
+    if best is not None:
+        best_params = {k: best[k] for k in keys}
+        best_metric = float(best["mean"])
         best_config = _join(uri, "best_config.yaml")
         command = (f"--config {best_config}" if not storage.is_remote(uri)
                    else f"--config best_config.yaml  (downloaded from {best_config})")
         with open(os.path.join(local_dir, "best_config.yaml"), "w", encoding="utf-8") as fh:
-            fh.write(f"# best of sweep {space.name!r} by {space.metric} ({best_metric:.4f}): {best_params}\n")
+            if not over:
+                fh.write(f"# best of sweep {space.name!r} by {space.metric} ({best_metric:.4f}): {best_params}\n")
+            else:
+                spread = (f"mean {best_metric:.4f} ± {best['ci95']:.4f} over {best['n']} {over}, 95 % CI"
+                          if best["n"] > 1 else f"{best_metric:.4f}, 1 {over[:-1]}, no CI")
+                fh.write(f"# best of sweep {space.name!r} by {space.metric} ({spread}): {best_params}\n")
+                if runner is None:
+                    fh.write("# no runner-up to compare with\n")
+                elif separated is None:
+                    fh.write("# separation from the runner-up unknown: a configuration has fewer than 2 results\n")
+                elif separated:
+                    fh.write("# separated from the runner-up: CIs do not overlap\n")
+                else:
+                    fh.write(f"# not separated from {({k: runner[k] for k in keys})}: CIs overlap\n")
             fh.write(f"# python pipelines/train_joint.py {command}\n")
             yaml.safe_dump(best_recipe(space, base, best_params), fh, sort_keys=False)
-    plots = [_join(uri, os.path.basename(plot_param(df, key, space.metric, local_dir))) for key in space.params]
+    written = ([plot_param(df, key, space, local_dir, configs) for key in keys] if keys
+               else [plot_seeds(df, space, local_dir)])
+    plots = [_join(uri, os.path.basename(p)) for p in written]
     return {"dir": uri, "trials": len(df), "best": best_params, "best_metric": best_metric,
-            "best_config": best_config, "results": _join(uri, "results.csv"), "plots": plots}
+            "best_ci95": float(best["ci95"]) if best else float("nan"), "best_n": int(best["n"]) if best else 0,
+            "over": over, "configs": rows, "separated": separated, "best_config": best_config,
+            "results": _join(uri, "results.csv"), "summary": _join(uri, "summary.csv"), "plots": plots}
 
 
 def _plain(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
 
 
-def plot_param(df: Any, key: str, metric: str, out_dir: str) -> str:
-    """Scatter of the metric against one swept parameter (all trials)."""
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _sort_key(v: Any) -> tuple:
+    return (0, v, "") if _is_number(v) and not math.isnan(v) else (1, 0, str(v))
+
+
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    x = df[key].astype(str) if df[key].dtype == object else df[key]
-    ax.scatter(x, df[metric], s=40)
+    return plt
+
+
+def _per_point(ns: list[int], over: str) -> str:
+    """"5 seeds per point", "3–5 samples per point" or "one trial per point"."""
+    ns = [n for n in ns if n > 0] or [0]
+    if not over or max(ns) <= 1:
+        return "one trial per point"
+    count = str(ns[0]) if min(ns) == max(ns) else f"{min(ns)}–{max(ns)}"
+    return f"{count} {over} per point"
+
+
+def plot_param(df: Any, key: str, space: SweepSpace, out_dir: str, configs: Any = None) -> str:
+    """``plot_<key>.png``: the metric against one swept parameter.
+
+    One series (colour, marker, legend entry) per combination of the other grid/choice parameters
+    (the seed keys excepted), shifted sideways a little so that series do not hide each other.
+    Every trial is a small dot; each configuration (a row of ``configs``, the summary table) is its
+    mean with a 95 % CI error bar. The x axis is categorical for non-numeric values and for a
+    grid/choice of at most 8 values, numeric (log when it spans over 50×) otherwise."""
+    import pandas as pd
+
+    plt = _pyplot()
+    metric, over = space.metric, repeats(space)
+    if configs is None:
+        configs = summary_table(df, space)
+    others = [k for k in config_keys(space) if k != key and next(iter(space.params[k])) in ("grid", "choice")]
+    values = sorted({_hashable(v) for v in df[key].tolist()}, key=_sort_key)
+    numeric = bool(values) and all(_is_number(v) and not math.isnan(v) for v in values)
+    categorical = not numeric or (next(iter(space.params[key])) in ("grid", "choice") and len(values) <= 8)
+    log = (numeric and not categorical and min(values) > 0 and max(values) / max(min(values), 1e-12) > 50)
+    series_trials, series_configs = _groups(df, others), _groups(configs, others)
+    names = sorted(dict.fromkeys([*series_configs, *series_trials]), key=lambda t: tuple(map(_sort_key, t)))
+    count = len(names)
+    step = min(0.15, 0.6 / max(count, 1))  # sideways shift between series (categorical axis)
+
+    def place(v: Any, s: int) -> float:
+        shift = s - (count - 1) / 2
+        if categorical:
+            return values.index(_hashable(v)) + shift * step
+        if log:
+            return float(v) * (max(values) / min(values)) ** (0.012 * shift)
+        return float(v) + shift * 0.012 * ((max(values) - min(values)) or 1.0)
+
+    y = pd.to_numeric(df[metric], errors="coerce").tolist()
+    fig, ax = plt.subplots(figsize=(6.4 if count > 1 else 5.2, 4))
+    for s, name in enumerate(names):
+        color, marker = f"C{s % 10}", MARKERS[s % len(MARKERS)]
+        label = ", ".join(f"{k}={_fmt(v)}" for k, v in zip(others, name, strict=True)) or None
+        nudge = -0.3 * step if categorical and over else 0.0  # trials just left of their configuration's bar
+        dots = [(place(df[key].iloc[i], s) + nudge, y[i]) for i in series_trials.get(name, []) if _finite(y[i])]
+        if dots:
+            ax.scatter(*zip(*dots, strict=True), s=12, color=color, alpha=0.45, linewidths=0, zorder=2)
+        rows = [configs.iloc[i] for i in series_configs.get(name, []) if configs.iloc[i]["n"] > 0]
+        rows.sort(key=lambda r: _sort_key(_hashable(r[key])))
+        xs = [place(r[key], s) for r in rows]
+        # a line only joins configurations that differ in ``key`` alone (not across random draws of others)
+        joined = len(others) == len(config_keys(space)) - 1 and len({_hashable(r[key]) for r in rows}) == len(rows)
+        ax.plot(xs, [r["mean"] for r in rows], marker=marker, color=color, linestyle="-" if joined else "none",
+                linewidth=1, markersize=7, markeredgecolor="black", markeredgewidth=0.6, label=label, zorder=3)
+        bars = [(x, r["mean"], r["ci95"]) for x, r in zip(xs, rows, strict=True) if _finite(r["ci95"])]
+        if bars:
+            bx, by, be = zip(*bars, strict=True)
+            ax.errorbar(bx, by, yerr=be, fmt="none", ecolor=color, elinewidth=1.2, capsize=3, zorder=3)
+    if categorical:
+        ax.set_xticks(range(len(values)), [_fmt(v) for v in values])
+        ax.set_xlim(-0.5, max(len(values), 1) - 0.5)
+    elif log:
+        ax.set_xscale("log")
     ax.set_xlabel(key)
     ax.set_ylabel(metric)
-    if df[key].dtype != object and (df[key] > 0).all() and df[key].max() / max(df[key].min(), 1e-12) > 50:
-        ax.set_xscale("log")
+    per_point = _per_point(configs["n"].tolist(), over)
+    ax.set_title(f"{metric} vs {key}: " + (f"mean ± 95 % CI of {per_point}; dots: trials" if over else per_point),
+                 fontsize=9)
+    if count > 1:
+        ax.legend(fontsize=7, loc="best", framealpha=0.8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = os.path.join(out_dir, f"plot_{key.replace('.', '_')}.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_seeds(df: Any, space: SweepSpace, out_dir: str) -> str:
+    """``plot_seed.png`` for a sweep over seeds only: every trial against its seed, with the mean and
+    its 95 % CI as a line and a band."""
+    import pandas as pd
+
+    plt = _pyplot()
+    metric = space.metric
+    key = (seed_keys(space) or list(space.params))[0]
+    y = pd.to_numeric(df[metric], errors="coerce").tolist()
+    seeds = df[key].tolist()
+    values = sorted({_hashable(v) for v in seeds}, key=_sort_key)
+    points = [(values.index(_hashable(v)), m) for v, m in zip(seeds, y, strict=True) if _finite(m)]
+    stats = mean_ci(y)
+    fig, ax = plt.subplots(figsize=(5.2, 4))
+    if points:
+        ax.scatter(*zip(*points, strict=True), s=30, color="C0", zorder=3, label="trial")
+    if stats["n"]:
+        ax.axhline(stats["mean"], color="C1", linewidth=1.5, label="mean")
+    if _finite(stats["ci95"]):
+        ax.axhspan(stats["low"], stats["high"], color="C1", alpha=0.2, label="95 % CI of the mean")
+    ax.set_xticks(range(len(values)), [_fmt(v) for v in values])
+    ax.set_xlim(-0.5, max(len(values), 1) - 0.5)
+    ax.set_xlabel(key)
+    ax.set_ylabel(metric)
+    ci = f" ± {stats['ci95']:.4f}" if _finite(stats["ci95"]) else ""
+    ax.set_title(f"{metric} over {stats['n']} trials of {len(values)} seeds: mean {stats['mean']:.4f}{ci}",
+                 fontsize=9)
+    if points:
+        ax.legend(fontsize=7, loc="best", framealpha=0.8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "plot_seed.png")
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

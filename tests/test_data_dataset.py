@@ -20,10 +20,12 @@ from helpers import FlakyProxy, crop_center, frame_index, position_frames, write
 from dynamonet.config import DataConfig
 from dynamonet.data import STATUS_CORRUPT, STATUS_OK, STATUS_PADDING, build_clip_dataset, open_dataset
 from dynamonet.data.dataset import publish_epoch
+from dynamonet.data.decode import ClipDecoder
 from dynamonet.data.encode import TranscodeSettings
 from dynamonet.data.ingest import IngestOptions, run_ingest
 from dynamonet.data.sampling import num_eval_windows
-from dynamonet.data.shards import read_manifest
+from dynamonet.data.shards import read_manifest, read_split_columns
+from dynamonet.data.subset import select_labeled
 from dynamonet.data.transforms import crop_origin
 from dynamonet.storage import resolve_filesystem, write_bytes_atomic
 
@@ -224,3 +226,41 @@ def test_crc_guard_matches_ingest(position_dataset):
     t = pq.read_table(path, filesystem=fs, columns=["video", "crc32"])
     assert all(zlib.crc32(v) == c for v, c in zip(t.column("video").to_pylist(), t.column("crc32").to_pylist(),
                                                   strict=True))
+
+
+def test_label_fraction_streams_the_stratified_subset_exactly_k_times(position_dataset):
+    """data.label_fraction=0.5 (paper Table 2): the training epoch holds exactly the labeled
+    selection (c0: 2 of 3, c1: 1 of 2), K rows each, padded for 2 consumers, with the draws of the
+    full split (video_index unchanged); label_subset=unlabeled streams the complement."""
+    m = read_manifest(position_dataset)
+    cols = read_split_columns(m, "train", ("video_index", "video_id", "label"))
+    index_of = dict(zip(cols["video_id"], cols["video_index"], strict=True))
+    labeled = select_labeled(cols["video_id"], cols["label"], 0.5, seed=0)
+    expected = {"labeled": labeled, "unlabeled": set(cols["video_id"]) - labeled}
+    assert len(labeled) == 3
+    for subset, padding in (("labeled", 1), ("unlabeled", 0)):
+        cfg = config(position_dataset, label_fraction=0.5, label_subset=subset)
+        ds, info = build_clip_dataset(cfg, "train", training=True, num_consumers=2, manifest=m, seed=5)
+        n = len(expected[subset])
+        assert (info.num_videos, info.num_clips, info.num_padding) == (n, 3 * n, padding)
+        assert info.selection.video_ids == expected[subset] and info.selection.split_videos == 5
+        (consumers,) = consume_split(ds, 2, epochs=1, epoch_key=info.epoch_key)
+        assert [sum(len(b["clip"]) for b in bs) for bs in consumers] == [info.rows_per_consumer] * 2
+        rows = [r for bs in consumers for b in bs
+                for r in zip(b["video_id"], b["video_index"], b["status"], b["start"], b["crop"], b["flip"],
+                             strict=True)]
+        assert len(rows) == info.num_clips + info.num_padding
+        assert [r[2] for r in rows].count(STATUS_PADDING) == padding
+        real = [r for r in rows if r[2] == STATUS_OK]
+        assert collections.Counter(r[0] for r in real) == {v: 3 for v in expected[subset]}
+        decoder = ClipDecoder(clip_len=4, frame_stride=2, crop_size=32, resize_short=40, canonical_short_side=64,
+                              training=True, clips_per_video=3, seed=5, epoch=0, hflip=info.hflip)
+        for vid in expected[subset]:                     # the draws of the video's index in the full split
+            got = sorted((int(st), int(c), bool(f)) for v, i, _, st, c, f in real if v == vid and i == index_of[vid])
+            starts, crops, flips = decoder.draws(index_of[vid], TRAIN_FRAMES[int(vid[-1])])
+            assert got == sorted(zip(starts.tolist(), crops.tolist(), flips.tolist(), strict=True))
+    with pytest.raises(ValueError, match=r"^data\.label_fraction: 0\.9 leaves no unlabeled video"):
+        build_clip_dataset(config(position_dataset, label_fraction=0.9, label_subset="unlabeled"), "train",
+                           training=True, manifest=m)
+    _, val_info = build_clip_dataset(config(position_dataset, label_fraction=0.5), "val", training=False, manifest=m)
+    assert val_info.selection is None and val_info.num_videos == 3              # evaluation is never subset

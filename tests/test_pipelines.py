@@ -31,7 +31,10 @@ def dirs(tmp_path_factory):
 
 
 def settings(dirs, epochs: int = 3) -> list[str]:
-    return small_settings(dirs["cache"], str(dirs["runs"]), epochs)
+    """The small settings with the embedded recipe's sources of randomness on: dropout, two decode
+    tasks finishing in any order, the local shuffle buffer (the recipe's), two DDP ranks."""
+    return [*small_settings(dirs["cache"], str(dirs["runs"]), epochs),
+            "--set", "model.dropout=0.2", "--set", "data.decode_actors=2"]
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +68,37 @@ def test_train_joint_end_to_end(trained):
 
 
 def _val_top1_per_epoch(run_dir: Path) -> list[float]:
+    return [v for _, v in _scalars(run_dir, "val/top1")]
+
+
+def _scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    """(epoch, value) of a per-epoch TensorBoard scalar, in epoch order."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(run_dir / "tensorboard"))
     acc.Reload()
-    return [e.value for e in acc.Scalars("val/top1")]
+    return sorted((e.step, e.value) for e in acc.Scalars(tag))
+
+
+def test_same_seed_reproduces_the_run_bitwise_also_when_resumed(trained, dirs, ray_head):
+    """Same seed and config: the same per-epoch losses and top-1, and bitwise the same weights, as
+    the shared 4-epoch run (train.deterministic, the recipe's default). The repeat stops after 2
+    epochs and is resumed to 4 (``--force``: train.epochs changed; the schedule is constant): the
+    draws and the dropout of epochs 3-4 come from (seed, epoch, ...), so resuming changes nothing."""
+    _, ref = trained
+    first = run(pipeline("train_joint.py", *settings(dirs, 2), "--name", "e2e-repeat"), ray_head.client_env())
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run(pipeline("train_joint.py", *settings(dirs, 4), "--name", "e2e-repeat", "--force"),
+                 ray_head.client_env())
+    assert second.returncode == 0 and "resuming 'e2e-repeat' from epoch 2" in second.stdout, second.stderr[-3000:]
+    rep = dirs["runs"] / "e2e-repeat"
+    for tag in ("train/loss_fp", "train/loss_ce", "val/loss", "val/top1", "val/fp_ssim"):
+        assert _scalars(rep, tag) == _scalars(ref, tag) and len(_scalars(ref, tag)) == 4, tag
+    a = torch.load(ref / "checkpoint_epoch0004" / "checkpoint.pt", weights_only=True)
+    b = torch.load(rep / "checkpoint_epoch0004" / "checkpoint.pt", weights_only=True)
+    different = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
+    assert not different, different[:5]
+    assert a["metrics"]["val/top1"] == b["metrics"]["val/top1"]
 
 
 def test_evaluate_and_predict(trained, tmp_path, ray_head, dirs):

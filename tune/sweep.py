@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     p.add_argument("--grace-period", type=int, help="ASHA grace period in epochs (space's scheduler.grace_period)")
     p.add_argument("--storage-path", help="where the sweep and its trials go (run.storage_path)")
     args = p.parse_args(argv)
-    from dynamonet.sweep import load_space, run_sweep
+    from dynamonet.sweep import done_line, load_space, run_sweep
 
     try:
         overrides = check_set_items(args.set)
@@ -64,8 +64,7 @@ def main(argv=None) -> int:
     if summary["best"] is None:
         fail(f"sweep {space.name!r}: no trial reported {space.metric} ({summary['trials']} trials; "
              f"see {summary['results']})", code=1)
-    print(f"SWEEP done: {summary['trials']} trials, best {space.metric}={summary['best_metric']:.4f} "
-          f"with {summary['best']}; best config: {summary['best_config']}", flush=True)
+    print(done_line(summary, space), flush=True)
     return 0
 
 

@@ -13,6 +13,7 @@
         │   object store, and yields one output block per ≤ 128 MB of clips (a shard's clips are
         │   one contiguous block, so consumer batches are zero-copy slices of it)
         │   K random windows per video (training) | every non-overlapping window (eval)
+        │   data.label_fraction < 1 (training split): only the selected videos' rows are decoded
     union(padding rows)                  status=1 rows so that rows % num_consumers == 0
         ▼
     clip rows → Ray Train: streaming_split(n, equal=True) → iter_torch_batches
@@ -23,6 +24,14 @@ on the driver from the manifest. ``streaming_split(n, equal=True)`` gives every 
 number of rows by *dropping* the ``total % n`` remainder; padding the total to a multiple of n
 makes that remainder zero, so no real row is dropped, every training video is seen exactly K times
 per epoch, and every consumer gets the same rows and batches.
+
+Label fractions (paper Table 2). With ``data.label_fraction`` < 1 the training stream keeps a
+stratified share of the split's videos (``data.label_subset=labeled``) or the rest
+(``unlabeled``): the driver reads the split's ``(video_index, video_id, label)`` columns once and
+selects (:mod:`dynamonet.data.subset`); each decode task drops the other rows of its shard before
+decoding. ``num_clips`` counts the selected videos only, so the epoch rule holds unchanged, and a
+video keeps its ``video_index`` in the full split, so its draws do not depend on the fraction.
+Evaluation streams are never subset.
 
 Randomness. Every draw of a training epoch e comes from the seed and e: the shard order from
 ``(seed, e)``, draw k of video v (window, crop, flip) from ``(seed, e, v, k)``. Nothing comes
@@ -47,7 +56,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -59,7 +68,8 @@ from ray.experimental import internal_kv
 from dynamonet.config import DataConfig
 from dynamonet.data.decode import INPUT_COLUMNS, STATUS_PADDING, ClipDecoder
 from dynamonet.data.sampling import clip_span, total_eval_windows
-from dynamonet.data.shards import MANIFEST_NAME, Manifest, SplitInfo
+from dynamonet.data.shards import MANIFEST_NAME, Manifest, SplitInfo, read_split_columns
+from dynamonet.data.subset import LabelSelection, label_selection
 from dynamonet.data.synthetic import synthetic_root
 from dynamonet.storage import (
     PROBE_CONNECT_TIMEOUT,
@@ -89,6 +99,7 @@ class ClipDatasetInfo:
     num_consumers: int = 1
     hflip: bool = False                 # training clips are flipped at random
     epoch_key: str = ""                 # training: where the consumer publishes the epoch (publish_epoch)
+    selection: LabelSelection | None = None  # data.label_fraction < 1: the videos kept (num_videos of them)
 
     @property
     def rows_per_consumer(self) -> int:
@@ -236,6 +247,10 @@ class ShardSource:
     fs: pafs.FileSystem
     seed: int
     epoch_key: str = ""  # "" = evaluation: manifest order, no randomness
+    # data.label_fraction < 1: sorted video_index values of the videos to decode (None = every row).
+    # 8 bytes a video, pickled once per execution with the decode function's arguments (Ray Data puts
+    # the map function in the object store once): ~1.9 MB for Kinetics-400's ~240k training videos.
+    keep: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def epoch(self) -> int:
         return published_epoch(self.epoch_key) if self.epoch_key else 0
@@ -247,13 +262,25 @@ class ShardSource:
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.paths))
         return self.paths[int(order[position])]
 
+    def kept(self, video_index: np.ndarray) -> np.ndarray:
+        """Which of ``video_index`` the stream decodes (a boolean mask; all True without a selection)."""
+        if self.keep is None:
+            return np.ones(len(video_index), dtype=bool)
+        if len(self.keep) == 0:
+            return np.zeros(len(video_index), dtype=bool)
+        at = np.minimum(np.searchsorted(self.keep, video_index), len(self.keep) - 1)
+        return self.keep[at] == video_index
+
     def read(self, path: str) -> dict[str, np.ndarray]:
         """The decoder's columns of one shard, as numpy arrays: the whole object in one GET, parsed
         on this thread (Arrow's thread pool and ranged reads cost more than they save on a shard of
-        a few MB)."""
+        a few MB). With a selection (``keep``) only the selected videos' rows, before any bytes are
+        converted."""
         with self.fs.open_input_file(path) as fh:
             data = fh.read()
         table = pq.read_table(pa.BufferReader(data), columns=list(INPUT_COLUMNS), use_threads=False)
+        if self.keep is not None:
+            table = table.filter(pa.array(self.kept(table.column("video_index").to_numpy())))
         return {c: table.column(c).to_numpy(zero_copy_only=False) for c in INPUT_COLUMNS}
 
 
@@ -308,10 +335,20 @@ def _videos_per_part(clip_shape: tuple[int, ...], rows_per_video: float) -> int:
     return max(1, TARGET_BATCH_BYTES // max(1, int(np.ceil(clip_bytes * rows_per_video))))
 
 
-def _num_clips(cfg: DataConfig, split: SplitInfo, training: bool) -> int:
+def _num_clips(cfg: DataConfig, split: SplitInfo, training: bool, num_videos: int) -> int:
     if training:
-        return split.num_videos * cfg.clips_per_video
+        return num_videos * cfg.clips_per_video
     return total_eval_windows(split.frame_counts, cfg.clip_len, cfg.frame_stride, cfg.max_eval_clips)
+
+
+def select_training_videos(cfg: DataConfig, manifest: Manifest, split: str) -> LabelSelection:
+    """The ``data.label_fraction`` share (``label_subset=labeled``) or the rest (``unlabeled``) of
+    ``split``, stratified per class (paper Table 2, §4.4): one projected read of the split's
+    ``(video_index, video_id, label)`` columns on the driver, then :func:`~dynamonet.data.subset.select_subset`.
+    An empty unlabeled rest is a one-line ``ValueError`` naming ``data.label_fraction``."""
+    cols = read_split_columns(manifest, split, ("video_index", "video_id", "label"), cfg.s3_endpoint)
+    return label_selection(cols["video_index"], cols["video_id"], cols["label"], cfg.label_fraction,
+                           cfg.label_subset, cfg.label_seed)
 
 
 def _split_key(cfg: DataConfig, split: str) -> str:
@@ -332,6 +369,10 @@ def build_clip_dataset(cfg: DataConfig, split: str, *, training: bool, num_consu
         manifest: from :func:`open_dataset` (read again if None).
         seed: base seed of the sampling (None = random).
 
+    With ``cfg.label_fraction`` < 1, the training stream of ``cfg.train_split`` decodes only the
+    videos of :func:`select_training_videos` (paper Table 2); ``info.num_videos`` and
+    ``info.num_clips`` count them, ``info.selection`` describes them. Evaluation is never subset.
+
     Returns:
         ``(dataset, info)``; rows: clip uint8 (T+1, S, S, 3), label int64, video_id str,
         video_index int64, clip_index int32, status uint8, start int32 (first frame index),
@@ -343,19 +384,23 @@ def build_clip_dataset(cfg: DataConfig, split: str, *, training: bool, num_consu
     info = manifest.splits[split]
     seed = secrets.randbits(31) if seed is None else seed
     clip_shape = (cfg.clip_len + 1, cfg.crop_size, cfg.crop_size, 3)
-    num_clips = _num_clips(cfg, info, training)
+    selection = (select_training_videos(cfg, manifest, split)
+                 if training and split == cfg.train_split and cfg.label_fraction < 1.0 else None)
+    num_videos = selection.num_videos if selection is not None else info.num_videos
+    num_clips = _num_clips(cfg, info, training, num_videos)
     flip_map = manifest.flip_label_map() if training and cfg.hflip else None
     hflip = flip_map is not None
     fs, _ = resolve_filesystem(manifest.root, cfg.s3_endpoint, max_attempts=cfg.s3_max_attempts)
     source = ShardSource(paths=tuple(uri_path(u) for u in manifest.shard_uris(split)), fs=fs, seed=seed,
-                         epoch_key=f"{split}-{uuid.uuid4().hex}" if training else "")
+                         epoch_key=f"{split}-{uuid.uuid4().hex}" if training else "",
+                         keep=selection.video_indices if selection is not None else None)
     decoder_kwargs = {"clip_len": cfg.clip_len, "frame_stride": cfg.frame_stride, "crop_size": cfg.crop_size,
                       "resize_short": cfg.resize_short, "training": training,
                       "canonical_short_side": int(manifest.transcode.get("short_side", 0)),
                       "clips_per_video": cfg.clips_per_video, "max_eval_clips": cfg.max_eval_clips, "seed": seed,
                       "hflip": hflip, "hflip_label_map": flip_map}
     decode_args = {"source": source, "decoder_kwargs": decoder_kwargs,
-                   "videos_per_part": _videos_per_part(clip_shape, num_clips / max(1, info.num_videos))}
+                   "videos_per_part": _videos_per_part(clip_shape, num_clips / max(1, num_videos))}
     # one block per shard position; batch_size=None hands each task its whole block
     ds = ray.data.from_items([{"position": p} for p in range(len(source.paths))],
                              override_num_blocks=len(source.paths))
@@ -379,6 +424,7 @@ def build_clip_dataset(cfg: DataConfig, split: str, *, training: bool, num_consu
         pad = ray.data.from_items([{"id": i} for i in range(num_padding)]).map_batches(
             _padding_rows, fn_kwargs={"clip_shape": clip_shape}, batch_format="numpy", **placement)
         ds = ds.union(pad)
-    return ds, ClipDatasetInfo(num_videos=info.num_videos, num_clips=num_clips, num_padding=num_padding,
+    return ds, ClipDatasetInfo(num_videos=num_videos, num_clips=num_clips, num_padding=num_padding,
                                class_names=list(manifest.class_names), clip_shape=clip_shape,
-                               num_consumers=num_consumers, hflip=hflip, epoch_key=source.epoch_key)
+                               num_consumers=num_consumers, hflip=hflip, epoch_key=source.epoch_key,
+                               selection=selection)

@@ -15,6 +15,7 @@ never sees a half-written object.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -127,14 +128,23 @@ def read_manifest(root: str, endpoint: str = "", fs: pafs.FileSystem | None = No
     return Manifest.from_json(read_bytes(fs, f"{path}/{MANIFEST_NAME}").decode(), root=root)
 
 
+def read_split_columns(manifest: Manifest, split: str, columns: Sequence[str] = ("video_index", "video_id"),
+                       endpoint: str = "") -> dict[str, list]:
+    """``{column: values}`` of ``split``'s small metadata ``columns``, concatenated over its shards in
+    manifest order (Parquet column projection: no video bytes are read)."""
+    fs, root = resolve_filesystem(manifest.root, endpoint)  # one filesystem for every shard
+    out: dict[str, list] = {c: [] for c in columns}
+    for rel in manifest.splits[split].shards:
+        table = pq.read_table(f"{root}/{rel}", filesystem=fs, columns=list(columns))
+        for c in columns:
+            out[c].extend(table.column(c).to_pylist())
+    return out
+
+
 def read_video_ids(manifest: Manifest, split: str, endpoint: str = "") -> dict[int, str]:
     """``{video_index: video_id}`` of ``split``, read from its shards' two small columns (no video bytes)."""
-    fs, root = resolve_filesystem(manifest.root, endpoint)  # one filesystem for every shard
-    out: dict[int, str] = {}
-    for rel in manifest.splits[split].shards:
-        table = pq.read_table(f"{root}/{rel}", filesystem=fs, columns=["video_index", "video_id"])
-        out.update(zip(table.column("video_index").to_pylist(), table.column("video_id").to_pylist(), strict=True))
-    return out
+    cols = read_split_columns(manifest, split, ("video_index", "video_id"), endpoint)
+    return dict(zip(cols["video_index"], cols["video_id"], strict=True))
 
 
 def write_manifest(manifest: Manifest, endpoint: str = "") -> None:

@@ -1,8 +1,11 @@
-"""A motion-defined action dataset: the embedded default and the test data.
+"""Motion-defined action datasets: the embedded default, the test data and a benchmark set.
 
 DynamoNet learns motion by predicting the next frame with dynamic filters (paper §3.1) and
-classifies with the motion (DMR) and appearance (AR) features (§3.2). This dataset makes the
-class a function of the motion only, so a network must use the frames' dynamics to solve it:
+classifies with the motion (DMR) and appearance (AR) features (§3.2). These datasets make the
+class a function of the motion only, so a network must use the frames' dynamics to solve them.
+``SyntheticConfig.kind`` picks one of two kinds.
+
+``motion`` (the embedded default): 13 global motions of a random canvas.
 
     classes   translate in 8 directions (1-3 px/frame), rotate cw / ccw, zoom in / out, static
     content   a random canvas per video (smooth colour fields, stripes/checker/noise textures,
@@ -12,12 +15,18 @@ class a function of the motion only, so a network must use the frames' dynamics 
               the canvas, so there are no black borders or edge artefacts that could give the
               direction away; per-frame sensor noise, random brightness and contrast per video
 
+``subtle`` (a benchmark for the §4.5 ablation, plain 3D CNN vs dynamic motion filters): 10
+classes of one object's motion relative to a panning background, among distractor objects
+moving at similar speeds: right/left slow and fast, up/down slow, horizontal/vertical shake,
+horizontal zigzag, still (see :mod:`dynamonet.data.synthetic_subtle`).
+
 Appearance is drawn independently of the class, so a single frame carries no class information.
 A horizontal flip turns "right" into "left" and "cw" into "ccw", so the manifest declares
-``labels_hflip_invariant: false`` and the clip stream does not flip these videos.
-The generator is a pure function of :class:`~dynamonet.config.SyntheticConfig` (seeded per
-video), writes real H.264 files in a ``<split>/<class>/<id>.mp4`` tree, and ingests them through
-the same code as every other source (no resize: short side = ``size``).
+``labels_hflip_invariant: false`` and the clip stream flips (and relabels) training clips only
+where the manifest's mirror label map covers every class. The generator is a pure function of
+:class:`~dynamonet.config.SyntheticConfig` (seeded per video), writes real H.264 files in a
+``<split>/<class>/<id>.mp4`` tree, and ingests them through the same code as every other
+source (no resize: short side = ``size``).
 """
 
 from __future__ import annotations
@@ -51,9 +60,19 @@ _DIRECTIONS = {"right": (1, 0), "left": (-1, 0), "up": (0, -1), "down": (0, 1), 
                "up_left": (-1, -1), "down_left": (-1, 1), "down_right": (1, 1)}   # (dx, dy), y down
 
 
-def class_names(num_classes: int) -> list[str]:
-    """Motion class names of a dataset with ``num_classes`` classes (generation order)."""
-    return list(MOTIONS[:num_classes])
+def class_names(num_classes: int, kind: str = "motion") -> list[str]:
+    """Class names of a dataset of ``kind`` with ``num_classes`` classes (generation order); a
+    ValueError naming the config field when the kind has fewer classes."""
+    if kind == "motion":
+        names: tuple[str, ...] = MOTIONS
+    elif kind == "subtle":
+        from dynamonet.data.synthetic_subtle import SUBTLE_CLASSES as names
+    else:
+        raise ValueError(f"data.synthetic.kind: unknown kind {kind!r}; choose from motion, subtle")
+    if num_classes > len(names):
+        raise ValueError(f"data.synthetic.num_classes: the {kind} kind has {len(names)} classes, "
+                         f"choose 2..{len(names)}, got {num_classes}")
+    return list(names[:num_classes])
 
 
 def _bilinear(img: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
@@ -153,20 +172,30 @@ def render_video(motion: str, rng: np.random.Generator, num_frames: int, size: i
     sx = cos * qx + sin * qy - (vel[0] * t)[:, None, None]                 # undo rotation, translation
     sy = -sin * qx + cos * qy - (vel[1] * t)[:, None, None]
     frames = _bilinear(canvas, sy + (csize - 1) / 2, sx + (csize - 1) / 2)  # (N, S, S, 3)
-    contrast, brightness, noise = rng.uniform(0.6, 1.0), rng.uniform(-0.15, 0.15), rng.uniform(0.0, 0.03)
+    return _sensor(frames, rng, rng.uniform(0.6, 1.0), rng.uniform(-0.15, 0.15), rng.uniform(0.0, 0.03))
+
+
+def _sensor(frames: np.ndarray, rng: np.random.Generator, contrast: float, brightness: float, noise: float
+            ) -> np.ndarray:
+    """Float frames ``(N, S, S, 3)`` in [0, 1] -> uint8 through a video's contrast, brightness and
+    per-pixel Gaussian sensor noise of std ``noise``."""
     frames = (frames - 0.5) * contrast + 0.5 + brightness
     frames += noise * rng.standard_normal(frames.shape, dtype=np.float32)
     return (np.clip(frames, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 def _write_class(cfg: SyntheticConfig, out_dir: str, split_id: int, split: str, class_id: int, count: int) -> int:
-    motion = class_names(cfg.num_classes)[class_id]
-    folder = os.path.join(out_dir, split, motion)
+    name = class_names(cfg.num_classes, cfg.kind)[class_id]
+    if cfg.kind == "subtle":
+        from dynamonet.data.synthetic_subtle import render_subtle as render
+    else:
+        render = render_video
+    folder = os.path.join(out_dir, split, name)
     os.makedirs(folder, exist_ok=True)
     for i in range(count):
         rng = np.random.default_rng([cfg.seed, split_id, class_id, i])
-        frames = render_video(motion, rng, cfg.num_frames, cfg.size)
-        with open(os.path.join(folder, f"{motion}_{i:05d}.mp4"), "wb") as fh:
+        frames = render(name, rng, cfg.num_frames, cfg.size)
+        with open(os.path.join(folder, f"{name}_{i:05d}.mp4"), "wb") as fh:
             fh.write(encode_video(frames, cfg.fps, gop=cfg.num_frames, crf=12))
     return count
 
@@ -177,6 +206,7 @@ def generate_videos(cfg: SyntheticConfig, out_dir: str, workers: int = 0) -> int
     ``workers`` > 1 renders classes in a spawn-started process pool (0 = one per core); the
     output does not depend on it (every video is seeded by its own (seed, split, class, index)).
     """
+    class_names(cfg.num_classes, cfg.kind)  # a ValueError before any work when the kind has fewer classes
     jobs = [(cfg, out_dir, split_id, split, class_id, per_class)
             for split_id, (split, per_class) in enumerate((("train", cfg.train_per_class), ("val", cfg.val_per_class)))
             for class_id in range(cfg.num_classes)]
@@ -203,8 +233,14 @@ def mirror_label_map(names: list[str]) -> list[int] | None:
 
 
 def dataset_key(cfg: SyntheticConfig) -> str:
-    """Cache key: a hash of the config, the generator version and the transcode settings."""
-    blob = json.dumps([asdict(cfg), GENERATOR_VERSION, asdict(transcode_settings(cfg))], sort_keys=True)
+    """Cache key: a hash of the config, the generator version and the transcode settings (and, for
+    the subtle kind, its difficulty constants)."""
+    parts: list[object] = [asdict(cfg), GENERATOR_VERSION, asdict(transcode_settings(cfg))]
+    if cfg.kind == "subtle":
+        from dynamonet.data.synthetic_subtle import subtle_knobs
+
+        parts.append(subtle_knobs())
+    blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -224,13 +260,16 @@ def ensure_synthetic_dataset(cfg: SyntheticConfig, cache_dir: str = "", endpoint
 
     The root is ``<cache_dir>/synthetic-<key>``, a local directory or an ``s3://`` prefix (the
     cluster's shared storage, see dynamonet/cluster/runtime.py); a second call with the same config
-    returns at once. Locally, concurrent callers (the trials of a sweep on a cold cache) take an
-    exclusive ``flock`` on ``<cache_dir>/.synthetic-<key>.lock``: one builds, the others wait and
-    then use its result; the build goes to a private temp dir renamed into place, so a killed
-    builder leaves nothing half-written (and the kernel releases its lock). On S3 there is no lock:
-    the shards are a pure function of ``cfg`` and ``manifest.json`` is written last, so concurrent
-    builders write the same objects and readers only ever see a complete set.
+    returns at once; a config whose kind has fewer than ``num_classes`` classes fails first (a
+    ValueError naming ``data.synthetic.num_classes``). Locally, concurrent callers (the trials of
+    a sweep on a cold cache) take an exclusive ``flock`` on ``<cache_dir>/.synthetic-<key>.lock``:
+    one builds, the others wait and then use its result; the build goes to a private temp dir
+    renamed into place, so a killed builder leaves nothing half-written (and the kernel releases
+    its lock). On S3 there is no lock: the shards are a pure function of ``cfg`` and
+    ``manifest.json`` is written last, so concurrent builders write the same objects and readers
+    only ever see a complete set.
     """
+    class_names(cfg.num_classes, cfg.kind)
     if is_remote(cache_dir):
         final = join_uri(cache_dir, f"synthetic-{dataset_key(cfg)}")
         fs, path = resolve_filesystem(final, endpoint)
@@ -280,7 +319,7 @@ def _build(cfg: SyntheticConfig, final: str, endpoint: str = "") -> None:
         opts = IngestOptions(source="synthetic", input=os.path.join(work, "raw"),
                              output=final if remote else os.path.join(work, "shards"), endpoint=endpoint,
                              transcode=transcode_settings(cfg), videos_per_shard=64, labels_hflip_invariant=False,
-                             hflip_label_map=mirror_label_map(sorted(class_names(cfg.num_classes))))
+                             hflip_label_map=mirror_label_map(sorted(class_names(cfg.num_classes, cfg.kind))))
         run_ingest(opts, executor="threads", progress=False, verbose=False)
         if not remote:
             try:
@@ -290,5 +329,5 @@ def _build(cfg: SyntheticConfig, final: str, endpoint: str = "") -> None:
                     raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"synthetic dataset: {n} videos ({cfg.num_classes} classes, {cfg.num_frames} frames, {cfg.size}px) "
-          f"built in {time.perf_counter() - t0:.1f} s -> {final}", flush=True)
+    print(f"synthetic dataset: {n} {cfg.kind} videos ({cfg.num_classes} classes, {cfg.num_frames} frames, "
+          f"{cfg.size}px) built in {time.perf_counter() - t0:.1f} s -> {final}", flush=True)

@@ -268,6 +268,8 @@ def _build_datasets(spec: RunSpec, manifest: Any) -> None:
     train, tinfo = build_clip_dataset(spec.data, cfg.data.train_split, training=True, num_consumers=w,
                                       manifest=manifest, seed=cfg.train.seed)
     spec.datasets, spec.epoch_key = {"train": train.select_columns(cols)}, tinfo.epoch_key
+    if tinfo.selection is not None:  # data.label_fraction < 1 (paper Table 2): steps follow the subset
+        print(f"[data] {tinfo.selection.describe()}", flush=True)
     val_note = "no validation split"
     if cfg.data.val_split:
         val, vinfo = build_clip_dataset(spec.data, cfg.data.val_split, training=False, num_consumers=w,
@@ -344,7 +346,26 @@ def build_trainer(spec: RunSpec, callbacks: list | None = None, name: str | None
             callbacks=[*_callbacks(spec), *(callbacks or [])]),
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
         datasets=spec.datasets,
+        dataset_config=ingest_config(cfg),
     )
+
+
+def ingest_config(cfg: Config) -> Any:
+    """How Train splits the clip streams over its workers. ``train.deterministic`` keeps Ray Data's
+    block order (``preserve_order``): the splitter hands each block to the worker that has received
+    the fewest rows so far, so with blocks in a fixed order every worker gets the same rows in
+    the same order in every run (locality hints are dropped, which only matters across nodes).
+    Without it blocks go out as decode tasks finish, which differs from run to run."""
+    import copy
+
+    import ray.data
+    import ray.train
+
+    if not cfg.train.deterministic:
+        return ray.train.DataConfig()
+    options = copy.deepcopy(ray.data.DataContext.get_current().execution_options)
+    options.preserve_order = True
+    return ray.train.DataConfig(execution_options=options, enable_shard_locality=False)
 
 
 def run_training(cfg: Config) -> dict[str, Any]:

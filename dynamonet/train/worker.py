@@ -27,6 +27,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import numpy as np
 import ray
 import ray.train
 import ray.train.torch
@@ -48,6 +49,28 @@ def amp_dtype_for(cfg: Config, device: torch.device) -> torch.dtype | None:
     if cfg.train.amp == "bf16" or (cfg.train.amp == "auto" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16
     return torch.float16
+
+
+def make_deterministic(cfg: Config, device: torch.device) -> None:
+    """``train.deterministic`` on GPU: deterministic cuDNN/cuBLAS kernels (docs/training.md).
+
+    CPU kernels of this model are deterministic for a fixed thread count already. On CUDA,
+    cuDNN's autotuner and atomics-based kernels (3D convolution backward, scatter/index_add)
+    make runs differ; ``warn_only`` keeps ops that have no deterministic CUDA kernel running,
+    with one warning naming them, instead of failing the run."""
+    if not cfg.train.deterministic or device.type != "cuda":
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS makes its handle
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The torch seed of ``epoch`` on ``rank`` (dropout): a pure function of the three, so a run
+    resumed at epoch e draws what an uninterrupted run drew there (the data draws come from
+    ``(seed, epoch, video, draw index)`` in the same way, see dynamonet/data/decode.py)."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
 def _threads(cfg: Config, local_world: int) -> int:
@@ -107,8 +130,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, float]:
     ctx = ray.train.get_context()  # RAY
     rank = ctx.get_world_rank()
     torch.set_num_threads(_threads(cfg, ctx.get_local_world_size()))
-    torch.manual_seed(cfg.train.seed + rank)
     device = ray.train.torch.get_device()  # RAY
+    make_deterministic(cfg, device)
+    torch.manual_seed(cfg.train.seed)  # initialisation (DDP then broadcasts rank 0's weights)
     amp_dtype = amp_dtype_for(cfg, device)
 
     model = build_model_from_config(cfg, num_classes)
@@ -149,6 +173,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, float]:
     for epoch in range(start_epoch, cfg.train.epochs):
         progress = Progress("train", epoch, cfg.train.epochs, steps, cfg.train.log_every)
         publish_epoch(loop_config["epoch_key"], epoch)  # before iterating: the decoders draw for this epoch
+        torch.manual_seed(epoch_seed(cfg.train.seed, epoch, rank))  # dropout of this epoch and rank
         train_kw = dict(batch_kw, local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
                         local_shuffle_seed=(cfg.train.seed * 1_000_003 + epoch) * 1009 + rank)
         batches = guarded(train_shard.iter_torch_batches(**train_kw))
