@@ -48,7 +48,7 @@ FLAGS = {
 
 def recipe_path(name_or_path: str) -> str:
     """Resolve ``embedded`` to ``pipelines/recipes/embedded.yaml``; paths are returned as given."""
-    if os.path.exists(name_or_path) or name_or_path.endswith((".yaml", ".yml")):
+    if os.path.isfile(name_or_path) or name_or_path.endswith((".yaml", ".yml")):
         return name_or_path
     return str(RECIPES / f"{name_or_path}.yaml")
 

@@ -242,7 +242,8 @@ class RunConfig:
     record_draws: bool = _f(False, "write every training clip's draw (video, clip, window start, crop, flip) to "
                                    "<run>/draws/epoch_NNNN/ (to check that a resumed run continues the random stream)")
     max_failures: int = _f(2, "restarts from the last checkpoint after a worker failure")
-    init_from: str = _f("", "checkpoint to initialise weights from (matching names and shapes are loaded)")
+    init_from: str = _f("", "checkpoint to initialise weights from (matching names and shapes are loaded); "
+                            "{seed} is replaced by train.seed")
     resume: bool = _f(False, "continue the run named by run.name (or the latest run in storage_path)")
     force: bool = _f(False, "resume even if the stored config differs from this one")
     ray_address: str = _f("", "Ray cluster address; empty = RAY_ADDRESS or a new local Ray")
@@ -342,6 +343,11 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
             raise ValueError(f"{key}: expected an integer, got {value!r}")
         return int(value)
     if typ is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-6 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{key}: expected a number, got {value!r}")
         return float(value)

@@ -106,7 +106,25 @@ def load_space(path: str, overrides: list[str] | None = None) -> tuple[SweepSpac
     for key, spec in space.params.items():
         _check_param(path, base, key, spec)
     _check_metric(path, space, base)
-    return space, base
+    return _anchor_paths(space, base)
+
+
+PATH_KEYS = ("run.init_from",)
+
+
+def _anchor_paths(space: SweepSpace, base: Config) -> tuple[SweepSpace, Config]:
+    """Relative local checkpoint paths made absolute here: a trial runs in Tune's trial directory,
+    not where the sweep was started."""
+    def anchor(v: Any) -> Any:
+        return os.path.abspath(v) if isinstance(v, str) and v and not storage.is_remote(v) else v
+
+    for key in PATH_KEYS:
+        spec = space.params.get(key)
+        if spec and next(iter(spec)) in ("grid", "choice"):
+            kind = next(iter(spec))
+            space.params[key] = {kind: [anchor(v) for v in spec[kind]]}
+    init = anchor(base.run.init_from)
+    return space, base.override("run.init_from", init) if init != base.run.init_from else base
 
 
 def reported_metrics(cfg: Config) -> set[str]:

@@ -10,7 +10,7 @@ from dynamonet.cli import build_parser, config_from_args, parse_config, recipe_p
 from dynamonet.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = {"embedded", "embedded_pretrain", "pretrain", "kinetics400", "ucf101", "hmdb51"}
+RECIPES = {"embedded", "embedded_pretrain", "pretrain", "kinetics400", "ucf101", "hmdb51", "subtle", "subtle_pretrain"}
 
 
 def parse(argv, recipe="embedded"):
@@ -27,6 +27,27 @@ def test_every_recipe_loads_or_demands_its_dataset():
             assert str(e).startswith(("data.root:", "run.storage_path:")), (path, e)
             cfg = load_config(str(path), ["data.root=s3://b/p", "run.storage_path=s3://b/runs"])
         assert cfg.recipe == path.stem
+
+
+def test_a_recipe_name_is_not_shadowed_by_a_directory_of_that_name(tmp_path, monkeypatch):
+    (tmp_path / "subtle").mkdir()  # e.g. `--config bench` run from the checkout, which has bench/
+    monkeypatch.chdir(tmp_path)
+    assert recipe_path("subtle") == str(ROOT / "pipelines" / "recipes" / "subtle.yaml")
+    assert load_config(recipe_path("subtle")).data.synthetic.kind == "subtle"
+
+
+def test_exponent_without_a_dot_is_a_number():
+    assert Config().override("optim.min_lr", "1e-6").optim.min_lr == 1e-6  # YAML 1.1 reads it as a string
+    with pytest.raises(ValueError, match="optim.min_lr: expected a number"):
+        Config().override("optim.min_lr", "tiny")
+
+
+def test_init_from_takes_the_seed():
+    from dynamonet.train.ray_train import init_source
+
+    cfg = Config().override("run.init_from", "s3://b/runs/pre-s{seed}").override("train.seed", "3")
+    assert init_source(cfg) == "s3://b/runs/pre-s3"
+    assert init_source(cfg.override("run.init_from", "runs/x")) == "runs/x"
 
 
 def test_precedence_recipe_then_flags_then_set():

@@ -14,7 +14,6 @@ import csv
 import json
 import math
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -83,15 +82,26 @@ def _scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
 def test_same_seed_reproduces_the_run_bitwise_also_when_resumed(trained, dirs, ray_head):
     """Same seed and config: the same per-epoch losses and top-1, and bitwise the same weights, as
     the shared 4-epoch run (train.deterministic, the recipe's default). The repeat stops after 2
-    epochs and is resumed to 4 (``--force``: train.epochs changed; the schedule is constant): the
-    draws and the dropout of epochs 3-4 come from (seed, epoch, ...), so resuming changes nothing."""
+    epochs and is resumed to 4: the draws and the dropout of epochs 3-4 come from (seed, epoch, ...),
+    so resuming changes nothing. Extending train.epochs needs no ``--force``; the resume also sets
+    optim.min_lr, which changes no result under the constant lr but is part of the config: it is
+    refused in one line, then ``--force`` resumes with the new config."""
     _, ref = trained
+    rep = dirs["runs"] / "e2e-repeat"
     first = run(pipeline("train_joint.py", *settings(dirs, 2), "--name", "e2e-repeat"), ray_head.client_env())
     assert first.returncode == 0, first.stderr[-3000:]
-    second = run(pipeline("train_joint.py", *settings(dirs, 4), "--name", "e2e-repeat", "--force"),
-                 ray_head.client_env())
+    extended = [*settings(dirs, 4), "--name", "e2e-repeat", "--set", "optim.min_lr=1e-6"]
+    refused = run(pipeline("train_joint.py", *extended), ray_head.client_env(), timeout=120)
+    errors = [ln for ln in refused.stderr.splitlines() if ln.startswith("error:")]  # after Ray's connection lines
+    assert refused.returncode == 2 and len(errors) == 1 and refused.stderr.strip().endswith(errors[0]), \
+        refused.stderr[-2000:]
+    assert errors[0].startswith("error: run.name: run 'e2e-repeat' already exists with a different config") and \
+        "optim.min_lr: 0.0 -> 1e-06" in errors[0] and "--force" in errors[0], errors
+    assert "RayTrainWorker" not in refused.stdout + refused.stderr and checkpoint_epochs(rep) == [1, 2]  # untouched
+    second = run(pipeline("train_joint.py", *extended, "--force"), ray_head.client_env())
     assert second.returncode == 0 and "resuming 'e2e-repeat' from epoch 2" in second.stdout, second.stderr[-3000:]
-    rep = dirs["runs"] / "e2e-repeat"
+    assert "DONE run=e2e-repeat epochs=4" in second.stdout and checkpoint_epochs(rep) == [3, 4]
+    assert "min_lr: 1.0e-06" in (rep / "dynamonet_config.yaml").read_text()  # the run carries its new config
     for tag in ("train/loss_fp", "train/loss_ce", "val/loss", "val/top1", "val/fp_ssim"):
         assert _scalars(rep, tag) == _scalars(ref, tag) and len(_scalars(ref, tag)) == 4, tag
     a = torch.load(ref / "checkpoint_epoch0004" / "checkpoint.pt", weights_only=True)
@@ -174,25 +184,6 @@ def _assert_png(path: Path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     img = mpimg.imread(path)
     assert img.ndim == 3 and img.shape[0] >= 100 and img.shape[1] >= 100 and float(img[..., :3].std()) > 0.01
-
-
-def test_force_resumes_a_run_whose_config_changed(trained, dirs, ray_head):
-    """A stored run refuses another config in one line; ``--force`` resumes it with the new one."""
-    run_dir = dirs["runs"] / "e2e-force"
-    shutil.copytree(trained[1], run_dir)  # a stored run of 4 epochs, the shared one left as it is
-    changed = [*settings(dirs, 5), "--name", "e2e-force", "--set", "loss.alpha=0.2"]
-    p = run(pipeline("train_joint.py", *changed), ray_head.client_env(), timeout=120)
-    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]  # after Ray's connection lines
-    assert p.returncode == 2 and len(errors) == 1 and p.stderr.strip().endswith(errors[0]), p.stderr[-2000:]
-    assert errors[0].startswith("error: run.name: run 'e2e-force' already exists with a different config") and \
-        "loss.alpha: 0.1 -> 0.2" in errors[0], errors
-    assert "RayTrainWorker" not in p.stdout + p.stderr
-    assert checkpoint_epochs(run_dir) == [3, 4]  # untouched
-    q = run(pipeline("train_joint.py", *changed, "--force"), ray_head.client_env())
-    assert q.returncode == 0 and "resuming 'e2e-force' from epoch 4" in q.stdout, q.stdout[-3000:]
-    assert "DONE run=e2e-force epochs=5" in q.stdout and checkpoint_epochs(run_dir) == [4, 5]
-    stored = (run_dir / "dynamonet_config.yaml").read_text()
-    assert "alpha: 0.2" in stored  # the run now carries the config it was resumed with
 
 
 def test_bad_configuration_fails_fast_with_one_line(trained, dirs, ray_head, s3_server, closed_port):

@@ -276,3 +276,30 @@ def test_a_metric_the_trials_would_not_report_is_refused_before_any_trial(tmp_pa
         load_space(str(path))
     assert str(e.value).startswith(f"{path}: metric {metric!r}: trials would not report it") and message in str(e.value)
     assert "val/loss" in str(e.value) or "train/loss" in str(e.value)  # it lists what they do report
+
+
+def test_relative_checkpoint_paths_are_anchored_where_the_sweep_starts(tmp_path, monkeypatch):
+    """Trials run in Tune's trial directory: a relative run.init_from must not be read from there."""
+    space_file = tmp_path / "t2.yaml"
+    space_file.write_text(yaml.safe_dump({
+        "recipe": "subtle", "scheduler": {"type": "none"}, "set": {"data.label_fraction": 0.5},
+        "params": {"run.init_from": {"grid": ["", "runs/pre-s{seed}", "s3://b/pre-s{seed}"]},
+                   "train.seed": {"grid": [0, 1]}}}))
+    monkeypatch.chdir(tmp_path)
+    space, base = load_space(str(space_file))
+    assert space.params["run.init_from"]["grid"] == ["", str(tmp_path / "runs" / "pre-s{seed}"), "s3://b/pre-s{seed}"]
+    assert base.data.label_fraction == 0.5 and space.num_trials() == 6
+    _, base = load_space(str(space_file), ["run.init_from=runs/pre"])
+    assert base.run.init_from == str(tmp_path / "runs" / "pre")
+
+
+def test_every_space_in_the_repository_loads():
+    spaces = sorted((Path(__file__).resolve().parents[1] / "tune" / "spaces").glob("*.yaml"))
+    assert {"default", "claims_variants", "claims_kernel", "claims_table2"} <= {p.stem for p in spaces}
+    for path in spaces:
+        try:
+            space, _ = load_space(str(path))
+        except ValueError as e:  # the paper spaces need --set data.root=... (and storage)
+            assert "data.root:" in str(e), (path, e)
+            space, _ = load_space(str(path), ["data.root=s3://b/ucf101", "run.storage_path=s3://b/sweeps"])
+        assert space.num_trials() >= 1, path

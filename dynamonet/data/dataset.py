@@ -266,10 +266,7 @@ class ShardSource:
         """Which of ``video_index`` the stream decodes (a boolean mask; all True without a selection)."""
         if self.keep is None:
             return np.ones(len(video_index), dtype=bool)
-        if len(self.keep) == 0:
-            return np.zeros(len(video_index), dtype=bool)
-        at = np.minimum(np.searchsorted(self.keep, video_index), len(self.keep) - 1)
-        return self.keep[at] == video_index
+        return np.isin(video_index, self.keep)
 
     def read(self, path: str) -> dict[str, np.ndarray]:
         """The decoder's columns of one shard, as numpy arrays: the whole object in one GET, parsed

@@ -230,6 +230,12 @@ def _open(data: DataConfig, cfg: Config) -> Any:
     return manifest
 
 
+def init_source(cfg: Config) -> str:
+    """``run.init_from`` with ``{seed}`` replaced by ``train.seed``: one pretraining run per seed
+    (a sweep's seed axis fine-tunes each seed from its own pretraining)."""
+    return cfg.run.init_from.replace("{seed}", str(cfg.train.seed))
+
+
 def _init_state(cfg: Config, num_classes: int) -> Any:
     """Load matching weights from ``run.init_from`` on the driver, print the report, ray.put them."""
     import ray
@@ -237,10 +243,11 @@ def _init_state(cfg: Config, num_classes: int) -> Any:
     from dynamonet.models import build_model_from_config, load_matching_weights
     from dynamonet.train.checkpoint import load_checkpoint
 
-    state = load_checkpoint(cfg.run.init_from, cfg.data.s3_endpoint)
+    source = init_source(cfg)
+    state = load_checkpoint(source, cfg.data.s3_endpoint)
     model = build_model_from_config(cfg, num_classes)
     report = load_matching_weights(model, state["model"])
-    print(f"[init] from {cfg.run.init_from}: {_by_module(report)}", flush=True)
+    print(f"[init] from {source}: {_by_module(report)}", flush=True)
     return ray.put(model.state_dict())
 
 
