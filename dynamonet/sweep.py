@@ -636,14 +636,21 @@ def plot_param(df: Any, key: str, space: SweepSpace, out_dir: str, configs: Any 
         return float(v) + shift * 0.012 * ((max(values) - min(values)) or 1.0)
 
     y = pd.to_numeric(df[metric], errors="coerce").tolist()
+    seeds = [k for k in seed_keys(space) if k in df]
     fig, ax = plt.subplots(figsize=(6.4 if count > 1 else 5.2, 4))
     for s, name in enumerate(names):
         color, marker = f"C{s % 10}", MARKERS[s % len(MARKERS)]
         label = ", ".join(f"{k}={_fmt(v)}" for k, v in zip(others, name, strict=True)) or None
         nudge = -0.3 * step if categorical and over else 0.0  # trials just left of their configuration's bar
-        dots = [(place(df[key].iloc[i], s) + nudge, y[i]) for i in series_trials.get(name, []) if _finite(y[i])]
+        shown = [i for i in series_trials.get(name, []) if _finite(y[i])]
+        dots = [(place(df[key].iloc[i], s) + nudge, y[i]) for i in shown]
         if dots:
             ax.scatter(*zip(*dots, strict=True), s=12, color=color, alpha=0.45, linewidths=0, zorder=2)
+        for i, (dx, dy) in zip(shown, dots, strict=True):  # each trial's seed next to its dot
+            seed = ",".join(_fmt(df[k].iloc[i]) for k in seeds)
+            if seed:
+                ax.annotate(f"s{seed}", (dx, dy), xytext=(-3, 0), textcoords="offset points", ha="right",
+                            va="center", fontsize=6, color=color)
         rows = [configs.iloc[i] for i in series_configs.get(name, []) if configs.iloc[i]["n"] > 0]
         rows.sort(key=lambda r: _sort_key(_hashable(r[key])))
         xs = [place(r[key], s) for r in rows]
@@ -663,7 +670,8 @@ def plot_param(df: Any, key: str, space: SweepSpace, out_dir: str, configs: Any 
     ax.set_xlabel(key)
     ax.set_ylabel(metric)
     per_point = _per_point(configs["n"].tolist(), over)
-    ax.set_title(f"{metric} vs {key}: " + (f"mean ± 95 % CI of {per_point}; dots: trials" if over else per_point),
+    dots = "dots: trials, s = their seed" if seeds else "dots: trials"
+    ax.set_title(f"{metric} vs {key}\n" + (f"mean ± 95 % CI of {per_point}; {dots}" if over else per_point),
                  fontsize=9)
     if count > 1:
         ax.legend(fontsize=7, loc="best", framealpha=0.8)

@@ -1,4 +1,4 @@
-"""The model library and the losses import without Ray (DESIGN.md: Ray stays at the edge)."""
+"""The model library, the losses and the data generators import without Ray (DESIGN.md: Ray stays at the edge)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import sys
 sys.modules["ray"] = None  # any `import ray` now raises ImportError
 import dynamonet.models, dynamonet.losses
 import dynamonet.models.summary, dynamonet.models.stfn
+import dynamonet.data.synthetic, dynamonet.data.synthetic_subtle, dynamonet.data.subset, dynamonet.data.sampling
 model = dynamonet.models.build_model("r3d_tiny", clip_len=2, num_classes=2)
 assert not any(m == "ray" or m.startswith("ray.") for m in sys.modules if sys.modules[m] is not None)
 print("ok")

@@ -54,9 +54,13 @@ def test_bad_space_on_the_command_line_is_one_line(tmp_path):
 
 
 def test_shipped_spaces_validate():
-    for name in ("default", "lr_beta"):
-        space, base = load_space(str(ROOT / "tune" / "spaces" / f"{name}.yaml"))
-        assert space.params and base.recipe == "embedded"
+    space, base = load_space(str(ROOT / "tune" / "spaces" / "lr_beta.yaml"))
+    assert space.params and base.recipe == "embedded"
+    # the default: both variants over 3 seeds on the benchmark set, no early stopping
+    space, base = load_space(str(ROOT / "tune" / "spaces" / "default.yaml"))
+    assert base.recipe == "subtle" and base.data.synthetic.kind == "subtle" and space.scheduler["type"] == "none"
+    assert {k: v["grid"] for k, v in space.params.items()} == {"model.mode": ["joint", "backbone"],
+                                                                "train.seed": [0, 1, 2]}
     space, base = load_space(str(ROOT / "tune" / "spaces" / "paper.yaml"),
                              ["data.root=s3://b/ucf101-s1", "run.storage_path=s3://b/sweeps"])
     assert space.num_trials() == 36 and base.recipe == "ucf101"

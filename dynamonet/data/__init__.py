@@ -4,7 +4,9 @@
     sources.py     UCF101 / HMDB51 / Kinetics / class-folder / unlabeled annotation parsers
     encode.py      PyAV transcode to the canonical H.264 format, video writer
     ingest.py      plan → one Ray task per shard → rejected.jsonl → manifest.json (last)
-    synthetic.py   motion-defined dataset (13 classes), cached by config
+    synthetic.py   generated datasets, cached by config: motion (13 global motions, the embedded
+                   default) and, in synthetic_subtle.py, the subtle benchmark set
+    subset.py      data.label_fraction: stratified labeled / unlabeled shares (paper Table 2)
     sampling.py    clip windows in time (paper §4.3)
     transforms.py  5-crop + flip on uint8 (paper §4.3)
     decode.py      ClipDecoder: shard rows → clip rows with decord
