@@ -11,6 +11,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 import zlib
 from pathlib import Path
 
@@ -139,3 +141,54 @@ def test_resume_after_the_ingest_is_killed(tmp_path, s3_server):
     rows = shard_rows(m, "train")
     assert sorted(r["source"] for r in rows) == sorted(f"class{i % 3}/v{i:02d}.avi" for i in range(24))
     assert sorted(r["video_index"] for r in rows) == list(range(24)) and m.counts["videos"] == 24
+
+
+def _recording_s3_server(record_to: Path) -> tuple[subprocess.Popen, str]:
+    """A moto server in its own process that logs every request it serves (moto's recorder)."""
+    code = ("import sys; from moto.server import ThreadedMotoServer; "
+            "s = ThreadedMotoServer(ip_address='127.0.0.1', port=0, verbose=False); s.start(); "
+            "print(s.get_host_and_port()[1], flush=True); sys.stdin.read(); s.stop()")
+    env = {**os.environ, "MOTO_ENABLE_RECORDING": "1", "MOTO_RECORDER_FILEPATH": str(record_to)}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    return proc, f"http://127.0.0.1:{int(proc.stdout.readline())}"
+
+
+def test_s3_input_each_source_is_read_once_whole_by_the_tasks(tmp_path, s3_server, ray_local):
+    """--input s3://: every listed source object is fetched by one GET of the whole object (no
+    ranged re-reads, no second copy), and a missing one is a "missing" rejection."""
+    import boto3
+
+    videos, csv_path = make_kinetics(str(tmp_path))
+    big = sorted(Path(videos).rglob("*.mp4"))[0]     # larger than any single read PyAV would make
+    write_video(str(big), noise_frames(20, 240, 320, seed=7))
+    log = tmp_path / "requests.jsonl"
+    server, endpoint = _recording_s3_server(log)
+    try:
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        s3.create_bucket(Bucket="raw")
+        sources = {}
+        for path in Path(videos).rglob("*.mp4"):
+            key = f"k400/{path.relative_to(videos).as_posix()}"
+            s3.upload_file(str(path), "raw", key)
+            sources[key] = path.stat().st_size
+        s3.upload_file(csv_path, "raw", "k400-annotations/train.csv")
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/recorder/reset-recording", method="POST"))
+        summary = ingest("kinetics", "s3://raw/k400", "s3://raw/shards", "s3://raw/k400-annotations/train.csv",
+                         endpoint=endpoint)
+    finally:
+        server.stdin.close()
+        server.wait(timeout=30)
+    assert summary.manifest.counts["videos"] == len(sources) == 5 and sources[f"k400/{big.relative_to(videos)}"] > 1 << 17
+    assert [r["reason"].split(":")[0] for r in summary.rejected] == ["missing"]
+    assert "1 rejected (1 missing; see rejected.jsonl)" in summary.describe()    # summed, not one line per file
+    gets: dict[str, list[dict]] = {}
+    for line in log.read_text().splitlines():
+        req = json.loads(line)
+        path = urllib.parse.urlsplit(req["url"]).path
+        if req["method"] == "GET" and path.startswith("/raw/k400/"):
+            gets.setdefault(urllib.parse.unquote(path[len("/raw/"):]), []).append(req["headers"])
+    assert set(gets) == set(sources)                               # every source read, nothing else under it
+    for key, headers in gets.items():
+        assert len(headers) == 1, f"{key}: {len(headers)} GETs"
+        ranged = {k.lower(): v for k, v in headers[0].items()}.get("range")
+        assert ranged in (None, f"bytes=0-{sources[key] - 1}"), f"{key}: partial read {ranged}"

@@ -4,8 +4,10 @@
         │                          (per split: sort by video_id → video_index; seeded permutation
         │                           → shards of `videos_per_shard`, so every shard mixes classes)
         ▼
-    process_shard × N  (one Ray task per shard, or in-process for the synthetic dataset)
+    process_shard × N  (one Ray task per shard, at most 2 × the cluster's CPUs submitted at once,
+        │   or in-process for the synthetic dataset)
         │   skip if the shard exists and was written by the same plan (resume after a kill)
+        │   an s3:// source is read by the task, whole, in one GET (never by the driver)
         │   transcode each video (encode.py); a bad file becomes a rejection record, never an error
         │   write the shard atomically, its summary in the Parquet footer metadata
         ▼
@@ -141,19 +143,23 @@ def _existing(uri: str, pid: str, endpoint: str) -> ShardResult | None:
     return ShardResult(**summary, reused=True)
 
 
-def _read_source(input_root: str, rel: str, endpoint: str) -> str | bytes:
-    """A local path as is, or the whole S3 object (PyAV's small reads would be many GETs).
+def _source_reader(input_root: str, endpoint: str) -> Callable[[str], str | bytes]:
+    """``rel -> source`` for :func:`transcode`: a local path as is, or the whole S3 object in one
+    read (PyAV's small reads would be many GETs). One filesystem client serves a whole shard.
 
     A missing object is a rejection; any other storage error propagates, failing the shard
     (reported, re-done by the next run) instead of silently dropping a video.
     """
     fs, base = resolve_filesystem(input_root, endpoint)
     if not is_s3(input_root):
-        return f"{base}/{rel}"
-    try:
-        return read_bytes(fs, f"{base}/{rel}")
-    except FileNotFoundError:
-        raise VideoRejected("missing from the input bucket") from None
+        return lambda rel: f"{base}/{rel}"
+
+    def read(rel: str) -> bytes:
+        try:
+            return read_bytes(fs, f"{base}/{rel}")
+        except FileNotFoundError:
+            raise VideoRejected("missing: listed, but no such object in the input bucket") from None
+    return read
 
 
 def _row(index: int, e: VideoEntry, t: Transcoded) -> dict[str, object]:
@@ -177,9 +183,10 @@ def process_shard(task: ShardTask, opts: IngestOptions, pid: str) -> ShardResult
         return done
     _remove_stale_temp_files(uri)
     rows, result = [], ShardResult(path=task.path, split=task.split)
+    source = _source_reader(opts.input, opts.endpoint)
     for index, e in task.entries:
         try:
-            t = transcode(_read_source(opts.input, e.source, opts.endpoint), opts.transcode)
+            t = transcode(source(e.source), opts.transcode)
         except VideoRejected as err:
             result.rejected.append({"source": e.source, "split": e.split, "reason": str(err).splitlines()[0]})
             continue
@@ -204,9 +211,11 @@ def process_shard(task: ShardTask, opts: IngestOptions, pid: str) -> ShardResult
 class Progress:
     """A one-line progress display on stderr (a line per 10 % when stderr is not a terminal)."""
 
-    def __init__(self, total: int, enabled: bool = True) -> None:
+    def __init__(self, total: int, enabled: bool = True, rejected: int = 0) -> None:
+        """``rejected``: the records known before any shard ran (missing files, duplicate lines)."""
         self.total, self.enabled, self.t0 = total, enabled, time.perf_counter()
-        self.done = self.videos = self.rejected = self.reused = 0
+        self.done = self.videos = self.reused = self.transcoded = 0
+        self.rejected = rejected
         self._last_decile = -1
 
     def update(self, r: ShardResult) -> None:
@@ -214,11 +223,14 @@ class Progress:
         self.videos += r.num_videos
         self.rejected += len(r.rejected)
         self.reused += r.reused
+        self.transcoded += 0 if r.reused else r.num_videos
         if not self.enabled:
             return
+        # Rate and ETA from the shards transcoded by this run: reused ones cost a footer read.
         elapsed = time.perf_counter() - self.t0
-        rate = self.videos / elapsed if elapsed > 0 else 0.0
-        eta = elapsed / self.done * (self.total - self.done)
+        rate = self.transcoded / elapsed if elapsed > 0 else 0.0
+        fresh = self.done - self.reused
+        eta = elapsed / fresh * (self.total - self.done) if fresh else 0.0
         bar = "#" * (24 * self.done // self.total)
         line = (f"ingest [{bar:<24}] {self.done}/{self.total} shards ({self.reused} reused) | {self.videos} videos"
                 f" | {self.rejected} rejected | {rate:.1f} videos/s | ETA {eta:.0f} s")
@@ -238,6 +250,13 @@ def _run_local(tasks: list[ShardTask], opts: IngestOptions, pid: str, progress: 
     return results, []
 
 
+def _in_flight_limit(cluster_resources: dict[str, float]) -> int:
+    """Shard tasks submitted at once: twice the cluster's CPUs (every core busy, and a backlog an
+    autoscaler sees), at least 16. Not all of them: the driver holds each submitted task's spec
+    and entries until it ends, and Kinetics-400 is thousands of shards."""
+    return max(16, 2 * int(cluster_resources.get("CPU", 1)))
+
+
 def _run_ray(tasks: list[ShardTask], opts: IngestOptions, pid: str, progress: Progress
              ) -> tuple[list[ShardResult], list[str]]:
     import ray
@@ -247,9 +266,17 @@ def _run_ray(tasks: list[ShardTask], opts: IngestOptions, pid: str, progress: Pr
     remote = ray.remote(num_cpus=1, max_retries=opts.task_max_retries, memory=opts.task_memory_mb * 1024 * 1024,
                         resources=opts.task_resources or None)(process_shard)
     opts_ref = ray.put(opts)
-    pending = {remote.remote(t, opts_ref, pid): t for t in tasks}
+    queue = iter(tasks)
+    pending: dict[object, ShardTask] = {}
     results, failed = [], []
-    while pending:
+    limit, refresh_at = 0, 0.0
+    while True:
+        if time.monotonic() >= refresh_at:  # the cluster may grow (autoscaler) or shrink
+            limit, refresh_at = _in_flight_limit(ray.cluster_resources()), time.monotonic() + 30.0
+        while len(pending) < limit and (task := next(queue, None)) is not None:
+            pending[remote.remote(task, opts_ref, pid)] = task
+        if not pending:
+            break
         done, _ = ray.wait(list(pending), num_returns=1, timeout=5.0)
         for ref in done:
             task = pending.pop(ref)
@@ -376,7 +403,8 @@ def run_ingest(opts: IngestOptions, *, executor: str = "ray", progress: bool = T
     tasks, duplicates = plan_ingest(listing, opts.videos_per_shard, opts.seed)
     pid = plan_id(tasks, opts.transcode, listing.class_names)
     _invalidate_stale_manifest(opts, pid)
-    results, failed = RUNNERS[executor](tasks, opts, pid, Progress(len(tasks), progress))
+    known = len(listing.rejected) + len(duplicates)
+    results, failed = RUNNERS[executor](tasks, opts, pid, Progress(len(tasks), progress, rejected=known))
     rejected = listing.rejected + duplicates + [r for res in results for r in res.rejected]
     lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejected)
     write_bytes_atomic(join_uri(opts.output, REJECTED_NAME), lines.encode(), opts.endpoint)

@@ -34,7 +34,7 @@ SPLIT_DIRS = {"train": "train", "training": "train", "val": "val", "valid": "val
               "validate": "val", "test": "test", "testing": "test"}
 
 
-@dataclass
+@dataclass(slots=True)
 class VideoEntry:
     """One video to ingest. ``source`` is relative to the input root (POSIX separators)."""
 
@@ -76,7 +76,7 @@ def _entry(rel: str, split: str, label: int, name: str) -> VideoEntry:
 
 
 def _missing(rel: str, split: str, where: str) -> dict[str, str]:
-    return {"source": rel, "split": split, "reason": f"listed in {where} but the file is missing"}
+    return {"source": rel, "split": split, "reason": f"missing: listed in {where}, no such file under the input"}
 
 
 def _annotation_path(annotations: str, name: str) -> str:
