@@ -48,7 +48,8 @@ class ModelConfig:
     mode: str = _f("joint", "pretrain (frame prediction only) | joint (α·FP+β·CE) | no_fp (filters, "
                             "no FP loss, paper §4.5) | backbone (plain 3D-CNN baseline)")
     num_classes: int = _f(0, "classifier outputs; 0 = the class count of the dataset manifest")
-    kernel_size: int = _f(5, "spatial size s of the dynamic motion filters (odd, 3..7; paper §3.1)")
+    kernel_size: int = _f(5, "spatial size s of the dynamic motion filters (3..7 as in paper §3.1; even sizes pad one more "
+                                   "zero after than before, see docs/model.md)")
     dmr_dim: int = _f(512, "size of the dynamic motion representation FC (paper §4.1: 512)")
     ar_dim: int = _f(512, "size of the appearance representation FC")
     head_channels: int = _f(64, "channels of the 2 conv layers in the motion and AR branches (paper §4.1: 64)")
@@ -60,8 +61,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check(self.mode in MODES, "model.mode", f"unknown mode {self.mode!r}; choose from {', '.join(MODES)}")
-        _check(isinstance(self.kernel_size, int) and 3 <= self.kernel_size <= 7 and self.kernel_size % 2 == 1,
-               "model.kernel_size", f"must be an odd integer in 3..7, got {self.kernel_size!r}")
+        _check(isinstance(self.kernel_size, int) and 3 <= self.kernel_size <= 7,
+               "model.kernel_size", f"must be an integer in 3..7, got {self.kernel_size!r}")
         _check(self.num_classes >= 0, "model.num_classes", f"must be >= 0, got {self.num_classes}")
         _check(self.dmr_dim > 0 and self.ar_dim > 0 and self.head_channels > 0, "model.dmr_dim",
                "dmr_dim, ar_dim and head_channels must be positive")
@@ -244,6 +245,8 @@ class RunConfig:
     max_failures: int = _f(2, "restarts from the last checkpoint after a worker failure")
     init_from: str = _f("", "checkpoint to initialise weights from (matching names and shapes are loaded); "
                             "{seed} is replaced by train.seed")
+    init_strict: bool = _f(False, "refuse run.init_from if any layer would be re-initialised or reshaped, or a "
+                                  "checkpoint tensor left unused (default: load what fits, list the rest)")
     resume: bool = _f(False, "continue the run named by run.name (or the latest run in storage_path)")
     force: bool = _f(False, "resume even if the stored config differs from this one")
     ray_address: str = _f("", "Ray cluster address; empty = RAY_ADDRESS or a new local Ray")

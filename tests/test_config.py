@@ -10,7 +10,8 @@ from dynamonet.cli import build_parser, config_from_args, parse_config, recipe_p
 from dynamonet.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = {"embedded", "embedded_pretrain", "pretrain", "kinetics400", "ucf101", "hmdb51", "subtle", "subtle_pretrain"}
+RECIPES = {"embedded", "embedded_pretrain", "pretrain", "kinetics400", "kinetics400_32f", "kinetics400_64f", "ucf101",
+           "hmdb51", "subtle", "subtle_pretrain"}
 
 
 def parse(argv, recipe="embedded"):
@@ -27,6 +28,20 @@ def test_every_recipe_loads_or_demands_its_dataset():
             assert str(e).startswith(("data.root:", "run.storage_path:")), (path, e)
             cfg = load_config(str(path), ["data.root=s3://b/p", "run.storage_path=s3://b/runs"])
         assert cfg.recipe == path.stem
+
+
+@pytest.mark.parametrize("frames", [32, 64])
+def test_long_clip_recipes_are_the_kinetics_recipe_at_another_clip_length(frames):
+    """§4.1: clips of 16, 32 or 64 frames; only the length and what it costs in memory differ."""
+    given = ["data.root=s3://b/k400", "run.storage_path=s3://b/runs"]
+    base = load_config(str(ROOT / "pipelines" / "recipes" / "kinetics400.yaml"), given).to_dict()
+    long = load_config(str(ROOT / "pipelines" / "recipes" / f"kinetics400_{frames}f.yaml"), given).to_dict()
+    assert long["data"]["clip_len"] == frames and long["data"]["batch_size"] * frames == 16 * 8
+    for d in (base, long):
+        d.pop("recipe")
+        for key in ("clip_len", "batch_size", "max_eval_clips"):
+            d["data"].pop(key)
+    assert long == base
 
 
 def test_a_recipe_name_is_not_shadowed_by_a_directory_of_that_name(tmp_path, monkeypatch):
@@ -64,7 +79,7 @@ def test_round_trip_through_dict():
 
 
 @pytest.mark.parametrize("item,field", [
-    ("model.kernel_size=4", "model.kernel_size"),
+    ("model.kernel_size=8", "model.kernel_size"),
     ("model.mode=bogus", "model.mode"),
     ("data.clip_len=1", "data.clip_len"),
     ("train.epochs=two", "train.epochs"),
@@ -84,10 +99,10 @@ def test_fingerprint_ignores_bookkeeping_but_not_hyperparameters():
 
 
 def test_cli_error_is_one_line_and_exit_2(tmp_path):
-    p = subprocess.run([sys.executable, str(ROOT / "pipelines" / "train_joint.py"), "--kernel-size", "4"],
+    p = subprocess.run([sys.executable, str(ROOT / "pipelines" / "train_joint.py"), "--kernel-size", "8"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2
-    assert p.stderr.strip() == "error: model.kernel_size: must be an odd integer in 3..7, got 4"
+    assert p.stderr.strip() == "error: model.kernel_size: must be an integer in 3..7, got 8"
 
 
 @pytest.mark.parametrize("item", ["foo", "=1"])

@@ -145,3 +145,24 @@ def test_done_line_marks_metrics_a_mode_does_not_have():
     line = final_line({"run": "r", "wall_time_s": 12.34,
                        "metrics": {"epoch": 3, "val/top1": 0.5, "val/top5": 1.0}})  # backbone: no FP metrics
     assert line == "DONE run=r epochs=3 val_top1=0.5000 val_top5=1.0000 fp_ssim=n/a copy_last_ssim=n/a wall_time=12.3s"
+
+
+def test_init_from_lists_every_layer_it_reinitialises_and_strict_refuses(tmp_path, capsys):
+    from dynamonet.train.ray_train import init_weights
+
+    torch.manual_seed(0)
+    five = build_model("r3d_tiny", num_classes=5, clip_len=T)
+    torch.save(five.state_dict(), tmp_path / "five.pt")
+    run = cfg().override("run.init_from", str(tmp_path / "five.pt"))
+    state = init_weights(run, K)                                    # K = 3 classes here: the classifier differs
+    out = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[init]")]
+    assert out[0].startswith(f"[init] from {tmp_path / 'five.pt'}: loaded ")
+    d = five.classifier.fc.weight.shape[1]
+    assert out[1:] == [f"[init]   re-initialised (reshaped): classifier.fc: weight (5, {d}) in the checkpoint, "
+                       f"({K}, {d}) here; bias (5,) in the checkpoint, ({K},) here"]
+    torch.testing.assert_close(state["backbone.stem.0.weight"], five.state_dict()["backbone.stem.0.weight"])
+    with pytest.raises(ValueError, match=r"run.init_strict: .*five.pt does not fit this model exactly \(1 layers\): "
+                                         r"re-initialised \(reshaped\): classifier.fc"):
+        init_weights(run.override("run.init_strict", "true"), K)
+    exact = init_weights(run.override("run.init_strict", "true"), 5)   # an exact fit passes the strict check
+    assert capsys.readouterr().out.count("[init]   ") == 0 and len(exact) == len(five.state_dict())

@@ -10,11 +10,11 @@ from dynamonet.models.motion import FilterGenerator, apply_dynamic_filters, appl
 
 
 def naive_filter(frames: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
-    """out[b,c,t,y,x] = Σ_ij F[b,t,i,j] · frame[b,c,t,y+i−r,x+j−r], zeros outside: plain loops."""
+    """out[b,c,t,y,x] = Σ_ij F[b,t,i,j] · frame[b,c,t,y+i−r,x+j−r], r = (s−1)//2, zeros outside: plain loops."""
     B, C, T, H, W = frames.shape
     s = filters.shape[-1]
-    r = s // 2
-    padded = F.pad(frames, (r, r, r, r))  # zero padding of H and W
+    r = (s - 1) // 2
+    padded = F.pad(frames, (r, s - 1 - r, r, s - 1 - r))  # zero padding of H and W (even s: one more after)
     out = torch.zeros_like(frames)
     for b in range(B):
         for t in range(T):
@@ -24,7 +24,8 @@ def naive_filter(frames: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
     return out
 
 
-CASES = [(2, 3, 3, 9, 11, 5), (1, 2, 2, 7, 6, 3), (2, 3, 2, 13, 8, 7), (2, 3, 4, 32, 32, 5), (1, 1, 1, 1, 1, 3)]
+CASES = [(2, 3, 3, 9, 11, 5), (1, 2, 2, 7, 6, 3), (2, 3, 2, 13, 8, 7), (2, 3, 4, 32, 32, 5), (1, 1, 1, 1, 1, 3),
+         (2, 3, 3, 9, 11, 4), (1, 2, 2, 7, 6, 6), (1, 1, 1, 2, 3, 4)]   # even s (§3.1 tried 3…7)
 
 
 @pytest.mark.parametrize(("B", "C", "T", "H", "W", "s"), CASES)
@@ -56,10 +57,11 @@ def test_float32_gradients_and_filters_only() -> None:
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_gradcheck() -> None:
+@pytest.mark.parametrize("s", [3, 4])
+def test_gradcheck(s: int) -> None:
     g = torch.Generator().manual_seed(3)
     x = torch.rand(1, 2, 2, 5, 6, generator=g, dtype=torch.float64, requires_grad=True)
-    f = torch.rand(1, 2, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    f = torch.rand(1, 2, s, s, generator=g, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(apply_dynamic_filters, (x, f))
 
 
@@ -79,10 +81,27 @@ def _delta(B: int, T: int, s: int, i: int, j: int) -> torch.Tensor:
     return f
 
 
-@pytest.mark.parametrize("s", [3, 5, 7])
-def test_centre_delta_returns_frame(s: int) -> None:
+@pytest.mark.parametrize("s", [3, 4, 5, 6, 7])
+def test_anchor_delta_returns_frame(s: int) -> None:
+    """Tap r = (s−1)//2: the centre for odd s, the one above-left of the middle for even s."""
     x = torch.rand(2, 3, 3, 10, 9)
-    torch.testing.assert_close(apply_dynamic_filters(x, _delta(2, 3, s, s // 2, s // 2)), x, atol=0, rtol=0)
+    r = (s - 1) // 2
+    torch.testing.assert_close(apply_dynamic_filters(x, _delta(2, 3, s, r, r)), x, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("s", [4, 6])
+def test_even_kernel_padding_is_pinned_by_delta_shifts(s: int) -> None:
+    """Even s: taps reach r = (s−1)//2 pixels up/left and r + 1 down/right of the output pixel,
+    with zeros beyond the frame (r before, r + 1 after: PyTorch's padding="same")."""
+    r = (s - 1) // 2
+    x = torch.rand(1, 2, 2, 9, 10)
+    first = apply_dynamic_filters(x, _delta(1, 2, s, 0, 0))            # reads r up and r left: moves down-right by r
+    torch.testing.assert_close(first[..., r:, r:], x[..., :-r, :-r], atol=0, rtol=0)
+    assert torch.count_nonzero(first[..., :r, :]) == 0 and torch.count_nonzero(first[..., :, :r]) == 0
+    last = apply_dynamic_filters(x, _delta(1, 2, s, s - 1, s - 1))     # reads r + 1 down/right: moves up-left
+    torch.testing.assert_close(last[..., :-(r + 1), :-(r + 1)], x[..., r + 1:, r + 1:], atol=0, rtol=0)
+    assert torch.count_nonzero(last[..., -(r + 1):, :]) == 0 and torch.count_nonzero(last[..., :, -(r + 1):]) == 0
+    torch.testing.assert_close(first, apply_dynamic_filters_reference(x, _delta(1, 2, s, 0, 0)), atol=0, rtol=0)
 
 
 def test_delta_left_of_centre_moves_content_right() -> None:
@@ -116,7 +135,7 @@ def test_bad_shapes_raise() -> None:
     with pytest.raises(ValueError, match="filters"):
         apply_dynamic_filters(torch.rand(1, 3, 2, 8, 8), torch.rand(1, 3, 5, 5))
     with pytest.raises(ValueError, match="filters"):
-        apply_dynamic_filters(torch.rand(1, 3, 2, 8, 8), torch.rand(1, 2, 4, 4))
+        apply_dynamic_filters(torch.rand(1, 3, 2, 8, 8), torch.rand(1, 2, 4, 5))
     with pytest.raises(ValueError, match="frames"):
         apply_dynamic_filters(torch.rand(3, 2, 8, 8), torch.rand(1, 2, 5, 5))
 

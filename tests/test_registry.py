@@ -26,7 +26,7 @@ def test_registry_lists_the_required_models() -> None:
     [
         ({"name": "r3d_nope"}, "name"),
         ({"mode": "finetune"}, "mode"),
-        ({"kernel_size": 4}, "kernel_size"),
+        ({"kernel_size": 2}, "kernel_size"),
         ({"kernel_size": 9}, "kernel_size"),
         ({"kernel_size": 1}, "kernel_size"),
         ({"clip_len": 1}, "clip_len"),
@@ -45,8 +45,10 @@ def test_bad_arguments_raise_value_error_naming_the_argument(kwargs: dict, key: 
 
 
 def test_kernel_size_message() -> None:
-    with pytest.raises(ValueError, match=r"kernel_size: must be odd in 3\.\.7, got 4"):
-        build_model("r3d_tiny", kernel_size=4)
+    with pytest.raises(ValueError, match=r"kernel_size: must be an integer in 3\.\.7, got 8"):
+        build_model("r3d_tiny", kernel_size=8)
+    for s in (3, 4, 5, 6, 7):  # §3.1 tried every size from 3 to 7
+        assert build_model("r3d_tiny", kernel_size=s).kernel_size == s
 
 
 def test_cardinality_must_divide_widths() -> None:
@@ -195,3 +197,17 @@ def test_load_matching_weights_across_modes() -> None:
     back = load_matching_weights(build_model("r3d_tiny", mode="pretrain", clip_len=4), joint.state_dict())
     assert any(n.startswith("classifier.") for n in back.unexpected)
     assert "branch_convs.3.weight" in back.loaded and "unexpected" in back.summary()
+
+
+def test_layer_changes_name_each_layer_once_with_the_reason() -> None:
+    pre = build_model("r3d_tiny", mode="pretrain", clip_len=4)
+    joint = build_model("r3d_tiny", mode="joint", clip_len=4, num_classes=3)
+    assert load_matching_weights(build_model("r3d_tiny", mode="pretrain", clip_len=4),
+                                 pre.state_dict()).layer_changes() == []
+    up = load_matching_weights(joint, pre.state_dict()).layer_changes()
+    assert up and all(line.startswith("re-initialised: ") and "not in the checkpoint" in line for line in up)
+    layers = [line.split(": ")[1] for line in up]
+    assert len(layers) == len(set(layers)) and "classifier.fc" in layers         # one line per layer
+    assert any(name.startswith("appearance.") for name in layers)
+    down = load_matching_weights(build_model("r3d_tiny", mode="pretrain", clip_len=4), joint.state_dict())
+    assert "unused from the checkpoint: classifier.fc: weight, bias" in down.layer_changes()

@@ -69,7 +69,7 @@ class DynamoNet(nn.Module):
         mode: one of ``MODES``.
         num_classes: classifier outputs (ignored in ``pretrain``).
         clip_len: T, frames per clip (one filter per frame).
-        kernel_size: s, odd size of the dynamic filters.
+        kernel_size: s, size of the dynamic filters (3..7).
         dmr_dim: size of the DMR FC (paper: 512).
         ar_dim: size of the AR FC.
         head_channels: channels of the conv layers of the motion and AR branches (paper: 64).

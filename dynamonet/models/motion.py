@@ -15,11 +15,15 @@ DynamoNet predicts frame t+1 from frame t with a per-clip, per-frame s×s kernel
 Orientation and borders (see docs/model.md): the op is a **cross-correlation** with **zero
 padding** and "same" output size,
 
-    out[b, c, t, y, x] = Σ_{i,j} F[b, t, i, j] · frame[b, c, t, y + i − r, x + j − r],  r = s // 2,
+    out[b, c, t, y, x] = Σ_{i,j} F[b, t, i, j] · frame[b, c, t, y + i − r, x + j − r],  r = (s − 1) // 2,
 
-exactly ``F.conv2d(frame, F, padding=r)`` per (sample, frame). A delta at the centre tap
-returns the frame; a delta one tap *left* of centre (``j = r − 1``) reads the pixel to the left,
-so the content moves one pixel to the **right** (and a delta one tap above moves it down).
+exactly ``F.conv2d(frame, F, padding="same")`` per (sample, frame). A delta at tap (r, r)
+returns the frame; a delta one tap *left* of it (``j = r − 1``) reads the pixel to the left, so
+the content moves one pixel to the **right** (and a delta one tap above moves it down). For odd
+s (3, 5, 7) tap r is the centre and the padding is r on every side. For even s (4, 6; §3.1 tried
+s = 3…7) there is no centre: tap r is the one above-left of the middle, the taps reach r pixels
+up/left and s − 1 − r = r + 1 down/right, and the zero padding is r before and r + 1 after, in
+both dimensions (PyTorch's ``padding="same"`` rule).
 
 Implementation: the B·C·T frame planes are the channels of one depthwise ``conv2d``
 (``groups = B·C·T``, plane (b, c, t) filtered by ``F[b, t]``), no loop over samples or frames.
@@ -53,7 +57,7 @@ class FilterGenerator(nn.Module):
     Args:
         in_channels: channels of the last backbone stage.
         clip_len: T, the number of frames (one filter per frame).
-        kernel_size: s, odd spatial size of each filter.
+        kernel_size: s, spatial size of each filter (3..7; even sizes: see the module docstring).
         head_channels: channels of the two conv layers (paper: 64).
         temporal_kernel: temporal extent of those convs (3, or 1 when the features have T' = 1).
         with_convs: False when the conv layers live in a shared :func:`conv_pair` (joint models);
@@ -115,20 +119,21 @@ def apply_dynamic_filters(frames: torch.Tensor, filters: torch.Tensor) -> torch.
 
     Args:
         frames: ``(B, C, T, H, W)`` float frames (any strides).
-        filters: ``(B, T, s, s)`` kernels, s odd; shared by all C channels and all positions.
+        filters: ``(B, T, s, s)`` kernels, 2 ≤ s; shared by all C channels and all positions.
 
     Returns:
         ``(B, C, T, H, W)`` contiguous:
-        ``out[b, c, t] = Σ_ij filters[b, t, i, j] · frames[b, c, t, y+i−r, x+j−r]`` with zeros
-        outside the frame. Differentiable w.r.t. both arguments (first order).
+        ``out[b, c, t] = Σ_ij filters[b, t, i, j] · frames[b, c, t, y+i−r, x+j−r]``, r = (s−1)//2,
+        with zeros outside the frame (even s: see the module docstring). Differentiable w.r.t.
+        both arguments (first order).
     """
     if frames.dim() != 5 or filters.dim() != 4:
         raise ValueError(f"frames must be (B, C, T, H, W) and filters (B, T, s, s); got {tuple(frames.shape)} "
                          f"and {tuple(filters.shape)}")
     B, C, T, H, W = frames.shape
     s = filters.shape[-1]
-    if filters.shape != (B, T, s, s) or s % 2 == 0:
-        raise ValueError(f"filters: expected (B={B}, T={T}, s, s) with odd s, got {tuple(filters.shape)}")
+    if filters.shape != (B, T, s, s) or s < 2:
+        raise ValueError(f"filters: expected (B={B}, T={T}, s, s) with s >= 2, got {tuple(filters.shape)}")
     filters = filters.to(frames.dtype)
     if frames.is_cuda:
         return _grouped_conv(frames, filters)
@@ -147,11 +152,23 @@ def _plane_kernels(filters: torch.Tensor, C: int) -> torch.Tensor:
     return filters.unsqueeze(1).expand(B, C, T, s, s).reshape(B * C * T, 1, s, s)
 
 
+def _pads(s: int) -> tuple[int, int]:
+    """Zero padding (before, after) of an s-tap "same" correlation: r = (s − 1) // 2 and s − 1 − r."""
+    return (s - 1) // 2, s - 1 - (s - 1) // 2
+
+
+def _same_conv(x: torch.Tensor, w: torch.Tensor, before: int, after: int, groups: int) -> torch.Tensor:
+    """Depthwise ``conv2d`` of ``x`` (1, P, H, W) with ``before``/``after`` zeros on both dimensions
+    (one ``padding`` argument when they are equal, an explicit pad for even kernels)."""
+    if before == after:
+        return F.conv2d(x, w, padding=before, groups=groups)
+    return F.conv2d(F.pad(x, (before, after, before, after)), w, groups=groups)
+
+
 def _grouped_conv(frames: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
     B, C, T, H, W = frames.shape
-    s = filters.shape[-1]
     planes = frames.reshape(1, B * C * T, H, W)  # (1, P, H, W), one group per plane
-    return F.conv2d(planes, _plane_kernels(filters, C), padding=s // 2, groups=B * C * T).view(B, C, T, H, W)
+    return _same_conv(planes, _plane_kernels(filters, C), *_pads(filters.shape[-1]), B * C * T).view(B, C, T, H, W)
 
 
 class _DepthwiseFilter(torch.autograd.Function):
@@ -168,7 +185,7 @@ class _DepthwiseFilter(torch.autograd.Function):
         kernels = _plane_kernels(filters, C)  # (P, 1, s, s)
         ctx.save_for_backward(planes, kernels)
         ctx.sizes = (B, C, T)
-        return F.conv2d(planes, kernels, padding=s // 2, groups=B * C * T).view(B, C, T, H, W)
+        return _same_conv(planes, kernels, *_pads(s), B * C * T).view(B, C, T, H, W)
 
     @staticmethod
     @once_differentiable
@@ -177,9 +194,10 @@ class _DepthwiseFilter(torch.autograd.Function):
         (B, C, T), (_, P, H, W), s = ctx.sizes, planes.shape, kernels.shape[-1]
         g = grad.reshape(1, P, H, W)
         grad_frames = grad_filters = None
+        before, after = _pads(s)
         if ctx.needs_input_grad[1]:  # the output gradient as the kernel: (1, P, s, s) tap sums
-            taps = F.conv2d(planes, g.view(P, 1, H, W), padding=s // 2, groups=P)
+            taps = _same_conv(planes, g.view(P, 1, H, W), before, after, P)
             grad_filters = taps.view(B, C, T, s, s).sum(1)
-        if ctx.needs_input_grad[0]:  # adjoint of a zero-padded correlation: the flipped kernel
-            grad_frames = F.conv2d(g, kernels.flip(-1, -2), padding=s // 2, groups=P).view(B, C, T, H, W)
+        if ctx.needs_input_grad[0]:  # adjoint of a zero-padded correlation: the flipped kernel, pads swapped
+            grad_frames = _same_conv(g, kernels.flip(-1, -2), after, before, P).view(B, C, T, H, W)
         return grad_frames, grad_filters

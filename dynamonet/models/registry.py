@@ -164,7 +164,7 @@ def build_model(name: str, *, mode: str = "joint", num_classes: int | None = 400
         mode: ``pretrain`` | ``joint`` | ``no_fp`` | ``backbone``.
         num_classes: classifier outputs (unused in ``pretrain``).
         clip_len: T, frames per clip (>= 2).
-        kernel_size: s of the dynamic filters, odd in 3..7.
+        kernel_size: s of the dynamic filters, 3..7 (paper §3.1).
         dmr_dim, ar_dim, head_channels, dropout: head sizes (paper §4.1) and classifier dropout.
         shortcut: ``"A"`` / ``"B"``; ``None`` or ``""`` = the architecture's default.
         widths: four per-stage widths; ``None`` or ``[]`` = default (the stem scales with them).
@@ -185,7 +185,7 @@ def build_model(name: str, *, mode: str = "joint", num_classes: int | None = 400
     args.update({k: v for k, v in given.items() if v is not None})
     kw = {k: v for k, v in kw.items() if not _is_unset(v)}
     ks = args["kernel_size"]
-    _check(isinstance(ks, int) and 3 <= ks <= 7 and ks % 2 == 1, "kernel_size", f"must be odd in 3..7, got {ks!r}")
+    _check(isinstance(ks, int) and 3 <= ks <= 7, "kernel_size", f"must be an integer in 3..7, got {ks!r}")
     _check(isinstance(args["clip_len"], int) and args["clip_len"] >= 2, "clip_len",
            f"must be an integer >= 2, got {args['clip_len']!r}")
     _check(mode == "pretrain" or args["num_classes"] >= 1, "num_classes", f"must be >= 1, got {args['num_classes']}")
@@ -245,6 +245,35 @@ class LoadReport:
         if self.unexpected:
             lines.append(f"unexpected in checkpoint {len(self.unexpected)}: {names(self.unexpected)}")
         return "\n".join(lines)
+
+
+    def layer_changes(self) -> list[str]:
+        """One line per layer (module) that the load did not take as is from the checkpoint:
+        re-initialised because a tensor's shape differs (``reshaped``) or because it is not in the
+        checkpoint, or present only in the checkpoint (unused). Empty when the checkpoint fits the
+        model exactly."""
+        fresh: dict[str, list[str]] = {}
+        reshaped: set[str] = set()
+        for name, ckpt, own in self.shape_mismatch:
+            module, tensor = _split_layer(name)
+            fresh.setdefault(module, []).append(f"{tensor} {tuple(ckpt)} in the checkpoint, {tuple(own)} here")
+            reshaped.add(module)
+        for name in self.missing:
+            module, tensor = _split_layer(name)
+            fresh.setdefault(module, []).append(f"{tensor} not in the checkpoint")
+        unused: dict[str, list[str]] = {}
+        for name in self.unexpected:
+            module, tensor = _split_layer(name)
+            unused.setdefault(module, []).append(tensor)
+        lines = [f"re-initialised{' (reshaped)' if k in reshaped else ''}: {k}: {'; '.join(v)}"
+                 for k, v in sorted(fresh.items())]
+        return lines + [f"unused from the checkpoint: {k}: {', '.join(v)}" for k, v in sorted(unused.items())]
+
+
+def _split_layer(name: str) -> tuple[str, str]:
+    """``"backbone.layer1.0.bn1.weight"`` → ``("backbone.layer1.0.bn1", "weight")``."""
+    module, _, tensor = name.rpartition(".")
+    return (module, tensor) if module else (name, name)
 
 
 def _strip(key: str) -> str:

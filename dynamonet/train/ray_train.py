@@ -237,9 +237,21 @@ def init_source(cfg: Config) -> str:
 
 
 def _init_state(cfg: Config, num_classes: int) -> Any:
-    """Load matching weights from ``run.init_from`` on the driver, print the report, ray.put them."""
+    """:func:`init_weights` on the driver, ray.put for the workers."""
     import ray
 
+    return ray.put(init_weights(cfg, num_classes))
+
+
+def init_weights(cfg: Config, num_classes: int) -> dict[str, Any]:
+    """The model's initial state dict from ``run.init_from``: every tensor whose name and shape
+    match is loaded. Prints one summary line and one line per layer re-initialised (its shape
+    differs, or it is not in the checkpoint) or left unused in the checkpoint.
+
+    Raises:
+        ValueError: ``run.init_strict`` and the checkpoint does not fit the model exactly (every
+            such layer named); or the checkpoint cannot be read.
+    """
     from dynamonet.models import build_model_from_config, load_matching_weights
     from dynamonet.train.checkpoint import load_checkpoint
 
@@ -247,8 +259,14 @@ def _init_state(cfg: Config, num_classes: int) -> Any:
     state = load_checkpoint(source, cfg.data.s3_endpoint)
     model = build_model_from_config(cfg, num_classes)
     report = load_matching_weights(model, state["model"])
+    changes = report.layer_changes()
+    if cfg.run.init_strict and changes:
+        raise ValueError(f"run.init_strict: {source} does not fit this model exactly ({len(changes)} layers): "
+                         + " | ".join(changes))
     print(f"[init] from {source}: {_by_module(report)}", flush=True)
-    return ray.put(model.state_dict())
+    for line in changes:
+        print(f"[init]   {line}", flush=True)
+    return model.state_dict()
 
 
 def _by_module(report: Any) -> str:
