@@ -180,3 +180,90 @@ def test_per_branch_checkpoints_still_load() -> None:
     with torch.no_grad():
         for a, b in zip(src(x), dst(x), strict=True):
             torch.testing.assert_close(a, b)
+
+
+# --- STC block (Diba et al., ECCV 2018, §3.1; docs/model.md "STC block") -------------------------
+
+
+def _stc_formula(c: int, t: int, r: int) -> int:
+    """Parameters of one STC block by the paper's sizes (weights + biases, ≥ 4 hidden units).
+
+    TCB: W1 C/r × C, W2 C × C/r. SCB: W1 (T·C)/r × T·C, W2 C × (T·C)/r.
+    """
+    hg, ht = max(4, c // r), max(4, t * c // r)
+    return (c * hg + hg + hg * c + c) + (t * c * ht + ht + ht * c + c)
+
+
+@pytest.mark.parametrize(("c", "t", "r"), [(32, 4, 16), (64, 2, 16), (16, 1, 4), (256, 8, 16), (8, 3, 16)])
+def test_stc_block_keeps_the_shape_and_has_the_papers_parameter_count(c: int, t: int, r: int) -> None:
+    from dynamonet.models.stc import STCBlock
+
+    block = STCBlock(c, t, r)
+    assert sum(p.numel() for p in block.parameters()) == _stc_formula(c, t, r)
+    x = torch.randn(2, c, t, 3, 5, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert block(x).shape == x.shape
+        assert block(x[:, :, : max(1, t - 1)]).shape[2] == max(1, t - 1)  # another clip length still runs
+
+
+def test_stc_parameters_of_a_backbone_are_the_papers_and_grow_with_t_squared() -> None:
+    """Every STC block of stc_resnext_tiny counts as the formula at its stage's (C, T): the paper's
+    SCB makes the total quadratic in clip_len (docs/model.md gives the ResNeXt-101 numbers)."""
+    from dynamonet.models.backbones import stage_durations
+
+    totals = {}
+    for clip_len in (16, 32, 64):
+        with torch.device("meta"):
+            model = build_model("stc_resnext_tiny", mode="backbone", num_classes=5, clip_len=clip_len)
+        stc = sum(p.numel() for k, p in model.named_parameters() if ".stc." in k)
+        widths, durations = (16, 32, 64, 128), stage_durations(clip_len)
+        assert stc == sum(_stc_formula(2 * w, t, 16) for w, t in zip(widths, durations, strict=True))  # 1 block/stage
+        totals[clip_len] = stc
+    d32, d64 = totals[32] - totals[16], totals[64] - totals[16]
+    assert d64 > 4 * d32  # more than linear: the (T·C)²/r term of the SCB's first FC
+
+
+def test_stc_gates_as_documented() -> None:
+    from dynamonet.models.stc import STCBlock
+
+    block = STCBlock(16, 4, 4)
+    x = torch.randn(2, 16, 4, 3, 3, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for p in block.parameters():
+            p.zero_()
+        torch.testing.assert_close(block(x), 0.5 * x)  # σ(0) = 1/2 in both branches, averaged
+        block.scb[2].bias.fill_(30.0)  # paper's TCB fully open, SCB closed: (1 + 0) / 2
+        block.tcb[2].bias.fill_(-30.0)
+        torch.testing.assert_close(block(x), 0.5 * x)
+        block.tcb[2].bias.fill_(30.0)  # both open: identity
+        torch.testing.assert_close(block(x), x)
+        # pooling per branch: the TCB sees only the space-time mean (blind to frame order), the SCB
+        # keeps time (sees it); neither sees where in the frame a value is
+        torch.manual_seed(0)
+        for p in block.parameters():
+            torch.nn.init.normal_(p)
+        s_tcb, s_scb = block.gates(x)
+        t_tcb, t_scb = block.gates(x.flip(2))
+        torch.testing.assert_close(t_tcb, s_tcb)
+        assert not torch.allclose(t_scb, s_scb)
+        for a, b in zip(block.gates(x.flip(3).flip(4)), (s_tcb, s_scb), strict=True):
+            torch.testing.assert_close(a, b)
+
+
+def test_init_from_another_clip_length_reinitialises_only_the_papers_scb() -> None:
+    """The paper's SCB FC is sized by the stage's T, so between clip lengths exactly those tensors
+    (``stc.tcb``, in stages whose T differs) are skipped; the rest of every STC block loads."""
+    from dynamonet.models import load_matching_weights
+    from dynamonet.models.backbones import stage_durations
+
+    kw = {"mode": "backbone", "num_classes": 5}
+    src = build_model("stc_resnext_tiny", clip_len=8, **kw)
+    dst = build_model("stc_resnext_tiny", clip_len=16, **kw)
+    report = load_matching_weights(dst, src.state_dict())
+    changed = [i for i, (a, b) in enumerate(zip(stage_durations(8), stage_durations(16), strict=True)) if a != b]
+    assert changed == [0, 1, 2]  # [4, 2, 1, 1] vs [8, 4, 2, 1]
+    expected = {f"backbone.stages.{i}.0.stc.tcb.{name}" for i in changed
+                for name in ("0.weight", "0.bias", "2.weight")}  # tcb.2.bias is (C,): it loads
+    assert {name for name, _, _ in report.shape_mismatch} == expected
+    assert not report.missing and not report.unexpected
+    assert any(".stc.scb." in name for name in report.loaded) and "backbone.stages.3.0.stc.tcb.0.weight" in report.loaded

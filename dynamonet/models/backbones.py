@@ -130,7 +130,7 @@ class ResNet3D(nn.Module):
         shortcut: ``"A"`` or ``"B"``.
         cardinality: groups of the ResNeXt middle conv (1 for ResNet).
         stc_reduction: if > 0, an STC block with this reduction ratio in every residual block.
-        clip_len: frames of the input (sizes the STC temporal branch).
+        clip_len: frames of the input (sizes the STC paper's SCB, an FC over the stage's ``T·C``).
         in_channels: input channels (3 for RGB).
         stem_pool: keep the stem's 3×3×3 max-pool (Hara's default); False halves no dimension there.
     """
