@@ -11,7 +11,8 @@ On the same UCF101-like source videos (320x240 MPEG-4 AVI, 25 fps, long GOP), in
   (b) the Ray Data stream of build_clip_dataset from S3 on loopback (moto in its own process),
       one decode task per shard reading it itself (data.decode_pool, default tasks;
       --decode-pool actors) + crops + flips, consumed as batches of 32 by the driver like a
-      Train worker;
+      Train worker; data.resize_short = the canonical short side (128), so the frames are decoded
+      at the stored size as in (a), not resized to the recipes' 122;
   (c') a torch DataLoader over the same canonical shards from the same S3 server, one shard per
       item read and decoded by the project's own code (ShardSource.read + ClipDecoder, (b)'s
       settings and seed), with as many worker processes as (b) has decode tasks (--actors,
@@ -272,8 +273,10 @@ def _timed_epoch(batch_sizes: Iterator[int], exclude: frozenset[int]) -> dict[st
 
 
 def stream_config(root: str, endpoint: str, clips_per_video: int, actors: int, pool: str = "tasks") -> DataConfig:
-    """The data settings of (b), which (c') decodes with too."""
-    return DataConfig(root=root, s3_endpoint=endpoint, clip_len=T, crop_size=CROP, resize_short=122,
+    """The data settings of (b), which (c') decodes with too: ``resize_short`` = the shards' short
+    side, so the frames are decoded at the stored size, like (a) (the recipes' 122 would add a
+    resize that (a) does not do)."""
+    return DataConfig(root=root, s3_endpoint=endpoint, clip_len=T, crop_size=CROP, resize_short=SHORT,
                       clips_per_video=clips_per_video, decode_actors=actors, decode_cpus=1.0, val_split="",
                       decode_pool=pool)
 

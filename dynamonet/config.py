@@ -27,6 +27,8 @@ import yaml
 
 MODES = ("pretrain", "joint", "no_fp", "backbone")
 FP_REDUCTIONS = ("frame", "pixel")
+HOLDOUT = "holdout"  # data.val_split: the part of data.train_split held out by data.holdout_fraction
+HOLDOUT_BY = ("class", "group")
 REQUIRED = "???"  # a recipe value the user must supply (e.g. data.root of the UCF101 recipe)
 
 
@@ -106,14 +108,17 @@ class DataConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig,
                                        metadata={"help": "the embedded synthetic dataset"})
     train_split: str = _f("train", "split used for training")
-    val_split: str = _f("val", "split used for validation and evaluation (empty = no validation)")
+    val_split: str = _f("val", "split used for validation (the plateau schedule, the best checkpoint, sweeps) and by "
+                               "default by evaluate.py; `holdout` = the part of train_split held out by "
+                               "data.holdout_fraction (evaluate.py then scores `test`); empty = no validation")
     clip_len: int = _f(16, "T: frames the network sees; each clip carries T+1 frames for frame prediction")
     frame_stride: int = _f(1, "temporal stride between the frames of a clip")
     clips_per_video: int = _f(1, "K: random training windows per video per epoch")
     crop_size: int = _f(112, "spatial crop size (paper: 112)")
     hflip: bool = _f(True, "random horizontal flip (p=0.5) of training clips (paper §4.3); never applied to datasets "
                            "whose manifest declares direction-dependent labels (the synthetic motion set)")
-    resize_short: int = _f(122, "short side to resize to when a video is not in the canonical format (paper: 122)")
+    resize_short: int = _f(122, "short side every frame is resized to before the crop, in training and evaluation "
+                                "(paper §4.3: 122); rows stored at this short side are decoded as stored")
     batch_size: int = _f(8, "clips per Train worker per step")
     decode_actors: int = _f(2, "decoders running at once (size of the Ray Data task or actor pool)")
     decode_cpus: float = _f(1.0, "logical CPUs each decoder requests")
@@ -132,6 +137,11 @@ class DataConfig:
     label_subset: str = _f("labeled", "labeled: the label_fraction share | unlabeled: the rest of the split "
                                       "(self-supervised pretraining on what the labeled runs do not use)")
     label_seed: int = _f(0, "seed of the label_fraction selection (independent of train.seed)")
+    holdout_fraction: float = _f(0.0, "share of train_split held out for validation (data.val_split=holdout); "
+                                      "training reads the rest (0 = none). docs/data.md")
+    holdout_by: str = _f("class", "class: round(holdout_fraction × n) videos of every class of n >= 2 (HMDB51) | "
+                                  "group: whole UCF101 groups gNN (v_<Class>_gNN_cMM), that share of the split's groups")
+    holdout_seed: int = _f(0, "seed of the holdout selection (independent of train.seed and label_seed)")
 
     def __post_init__(self) -> None:
         if isinstance(self.synthetic, dict):
@@ -160,6 +170,18 @@ class DataConfig:
                f"must be labeled or unlabeled, got {self.label_subset!r}")
         _check(self.label_subset == "labeled" or self.label_fraction < 1.0, "data.label_subset",
                "unlabeled needs data.label_fraction < 1 (with 1.0 no video is left unlabeled)")
+        _check(0.0 <= self.holdout_fraction < 1.0, "data.holdout_fraction",
+               f"must be in [0, 1), got {self.holdout_fraction}")
+        _check(self.holdout_by in HOLDOUT_BY, "data.holdout_by",
+               f"must be {' or '.join(HOLDOUT_BY)}, got {self.holdout_by!r}")
+        _check(self.holdout_seed >= 0, "data.holdout_seed", f"must be >= 0, got {self.holdout_seed}")
+        _check(self.train_split != HOLDOUT, "data.train_split",
+               f"{HOLDOUT!r} names the validation part held out of the training split; it cannot be trained on")
+        _check(self.val_split != HOLDOUT or self.holdout_fraction > 0, "data.val_split",
+               "holdout needs data.holdout_fraction > 0 (the share of data.train_split held out for validation)")
+        _check(self.holdout_fraction == 0 or self.val_split in (HOLDOUT, ""), "data.holdout_fraction",
+               f"the held-out videos are validated only with data.val_split=holdout (got {self.val_split!r}); "
+               "set data.holdout_fraction=0 to validate on another split")
 
 
 @dataclass

@@ -30,7 +30,7 @@ import torch
 
 from dynamonet import storage
 from dynamonet.cli import check_set_items
-from dynamonet.config import Config
+from dynamonet.config import HOLDOUT, Config
 from dynamonet.data.shards import read_video_ids
 from dynamonet.eval_metrics import per_class_accuracy
 from dynamonet.train.checkpoint import load_checkpoint
@@ -61,8 +61,12 @@ def eval_overrides(sets: list[str], data_root: str = "", endpoint: str = "") -> 
 
 
 def eval_split(cfg: Config, split: str = "") -> str:
-    """The split scored: ``split``, else the config's ``data.val_split``, else ``val``."""
-    return split or cfg.data.val_split or "val"
+    """The split scored: ``split``, else the config's ``data.val_split``, else ``val``; a run that
+    validated on the part held out of its training split (``data.val_split=holdout``) is scored on
+    the official ``test`` split, which only evaluation reads (``--split holdout`` scores the held-out part)."""
+    if split:
+        return split
+    return "test" if cfg.data.val_split == HOLDOUT else cfg.data.val_split or "val"
 
 
 def build_eval_model(cfg: Config, state: dict[str, Any], device: torch.device) -> torch.nn.Module:
@@ -118,7 +122,7 @@ def evaluate_checkpoint(checkpoint: str, *, split: str = "", overrides: list[str
         acc = per_class_accuracy(confusion)
         out["per_class_top1"] = {c: (None if _nan(a) else float(a)) for c, a in zip(class_names, acc.tolist(), strict=True)}
     if predictions:
-        names = read_video_ids(manifest, split, data.s3_endpoint)
+        names = read_video_ids(manifest, data.train_split if split == HOLDOUT else split, data.s3_endpoint)
         out["predictions"] = [{"video_id": names.get(v, ""), "label": class_names[y] if y >= 0 else "", "predicted": class_names[p],
                                "score": s} for v, y, p, s in predictions]
     if out_dir:

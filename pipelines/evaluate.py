@@ -29,7 +29,8 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", action="append", required=True, help="run dir, checkpoint dir or .pt (repeatable)")
     p.add_argument("--data", action="append", default=[], help="dataset root per checkpoint (default: its config's)")
-    p.add_argument("--split", default="", help="split to evaluate (default: the config's data.val_split, else val)")
+    p.add_argument("--split", default="", help="split to evaluate (default: the config's data.val_split, else val; "
+                                           "test when it is holdout)")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu", help="device for the model (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=0, help="clips per batch (default: the config's)")
     p.add_argument("--out", default="", help="report directory (default: <run>/eval/<split scored>; with several, "

@@ -85,11 +85,31 @@ def test_round_trip_through_dict():
     ("train.epochs=two", "train.epochs"),
     ("model.colour=red", "model.colour"),
     ("nosuch.key=1", "nosuch"),
+    ("data.holdout_fraction=1.0", "data.holdout_fraction: must be in [0, 1)"),
+    ("data.holdout_fraction=0.2", "data.holdout_fraction: the held-out videos are validated only with"),
+    ("data.holdout_by=actor", "data.holdout_by: must be class or group"),
+    ("data.holdout_seed=-1", "data.holdout_seed: must be >= 0"),
+    ("data.val_split=holdout", "data.val_split: holdout needs data.holdout_fraction > 0"),
+    ("data.train_split=holdout", "data.train_split: 'holdout' names the validation part"),
 ])
 def test_bad_values_name_the_field(item, field):
     with pytest.raises(ValueError) as e:
         load_config(recipe_path("embedded"), [item])
     assert str(e.value).startswith(field), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_holdout_validation_settings():
+    """data.val_split=holdout with a fraction; a fraction without validation (a pretraining run that must
+    not see the held-out videos) is fine; the paper recipes validate on the held-out part, not on test."""
+    cfg = load_config(recipe_path("embedded"), ["data.val_split=holdout", "data.holdout_fraction=0.2"])
+    assert (cfg.data.val_split, cfg.data.holdout_fraction, cfg.data.holdout_by) == ("holdout", 0.2, "class")
+    assert load_config(recipe_path("embedded"), ["data.val_split=", "data.holdout_fraction=0.2"]).data.val_split == ""
+    assert cfg.fingerprint() != cfg.override("data.holdout_seed", 1).fingerprint()
+    given = ["data.root=s3://b/p", "run.storage_path=s3://b/runs"]
+    for recipe, by in (("ucf101", "group"), ("hmdb51", "class")):
+        data = load_config(recipe_path(recipe), given).data
+        assert (data.val_split, data.holdout_by) == ("holdout", by) and 0 < data.holdout_fraction < 1
 
 
 def test_fingerprint_ignores_bookkeeping_but_not_hyperparameters():

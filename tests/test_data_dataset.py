@@ -25,7 +25,7 @@ from dynamonet.data.encode import TranscodeSettings
 from dynamonet.data.ingest import IngestOptions, run_ingest
 from dynamonet.data.sampling import num_eval_windows
 from dynamonet.data.shards import read_manifest, read_split_columns
-from dynamonet.data.subset import select_labeled
+from dynamonet.data.subset import select_holdout_by_class, select_labeled
 from dynamonet.data.transforms import crop_origin
 from dynamonet.storage import resolve_filesystem, write_bytes_atomic
 
@@ -68,7 +68,7 @@ def position_dataset(tmp_path_factory, s3_server, ray_local):
 
 
 def config(root, **kw):
-    base = dict(root=root, clip_len=4, frame_stride=2, clips_per_video=3, crop_size=32, resize_short=40,
+    base = dict(root=root, clip_len=4, frame_stride=2, clips_per_video=3, crop_size=32, resize_short=64,
                 decode_actors=2, decode_cpus=0.5, batch_size=4)
     return DataConfig(**{**base, **kw})
 
@@ -253,7 +253,7 @@ def test_label_fraction_streams_the_stratified_subset_exactly_k_times(position_d
         assert [r[2] for r in rows].count(STATUS_PADDING) == padding
         real = [r for r in rows if r[2] == STATUS_OK]
         assert collections.Counter(r[0] for r in real) == {v: 3 for v in expected[subset]}
-        decoder = ClipDecoder(clip_len=4, frame_stride=2, crop_size=32, resize_short=40, canonical_short_side=64,
+        decoder = ClipDecoder(clip_len=4, frame_stride=2, crop_size=32, resize_short=64, canonical_short_side=64,
                               training=True, clips_per_video=3, seed=5, epoch=0, hflip=info.hflip)
         for vid in expected[subset]:                     # the draws of the video's index in the full split
             got = sorted((int(st), int(c), bool(f)) for v, i, _, st, c, f in real if v == vid and i == index_of[vid])
@@ -264,3 +264,41 @@ def test_label_fraction_streams_the_stratified_subset_exactly_k_times(position_d
                            training=True, manifest=m)
     _, val_info = build_clip_dataset(config(position_dataset, label_fraction=0.5), "val", training=False, manifest=m)
     assert val_info.selection is None and val_info.num_videos == 3              # evaluation is never subset
+
+
+def test_holdout_validation_is_carved_from_the_training_split(position_dataset):
+    """data.val_split=holdout (paper protocol, no test split in the loop): the validation stream holds
+    the videos held out of the training split (c0: 1 of 3, c1: 1 of 2), every window of each, with
+    their video_index there; the training stream holds the rest, K rows each. Disjoint, together
+    the whole split. A split without UCF101 groups refuses holdout_by=group in one line."""
+    cfg = config(position_dataset, val_split="holdout", holdout_fraction=0.34, holdout_seed=1)
+    m = open_dataset(cfg)
+    cols = read_split_columns(m, "train", ("video_index", "video_id", "label"))
+    index_of = dict(zip(cols["video_id"], cols["video_index"], strict=True))
+    held = select_holdout_by_class(cols["video_id"], cols["label"], 0.34, seed=1)
+    assert len(held) == 2 and len({int(v[-1]) % 2 for v in held}) == 2          # one of each class
+    train, tinfo = build_clip_dataset(cfg, cfg.train_split, training=True, manifest=m, seed=2)
+    val, vinfo = build_clip_dataset(cfg, cfg.val_split, training=False, manifest=m)
+    assert tinfo.holdout.video_ids == vinfo.holdout.video_ids == held and tinfo.selection is None
+    assert (tinfo.num_videos, tinfo.num_clips) == (3, 9)
+    held_frames = [TRAIN_FRAMES[int(v[-1])] for v in held]
+    assert vinfo.num_videos == 2 and vinfo.num_clips == sum(num_eval_windows(n, 4, 2) for n in held_frames)
+    publish_epoch(tinfo.epoch_key, 0)
+    trained = collections.Counter(v for b in train.iter_batches(batch_size=None, batch_format="numpy")
+                                  for v, st in zip(b["video_id"], b["status"], strict=True) if st == STATUS_OK)
+    val_rows = [(v, i, st) for b in val.iter_batches(batch_size=None, batch_format="numpy")
+                for v, i, st in zip(b["video_id"], b["video_index"], b["status"], strict=True)]
+    validated = {v for v, _, _ in val_rows}
+    assert len(val_rows) == vinfo.num_clips and all(st == STATUS_OK for _, _, st in val_rows)
+    assert all(i == index_of[v] for v, i, _ in val_rows)                       # indices of the training split
+    assert trained == {v: 3 for v in set(cols["video_id"]) - held}               # every training video K times
+    assert validated == held and not validated & set(trained)
+    assert validated | set(trained) == set(cols["video_id"])
+    _, both = build_clip_dataset(config(position_dataset, val_split="holdout", holdout_fraction=0.34,
+                                        holdout_seed=1, label_fraction=0.5), "train", training=True, manifest=m)
+    assert both.num_videos == 2 and both.selection.split_videos == 3             # labels share the rest only
+    assert not both.selection.video_ids & held
+    with pytest.raises(ValueError, match=r"^data\.holdout_by: group needs UCF101 file names .*'train/c0/v0'") as e:
+        build_clip_dataset(config(position_dataset, val_split="holdout", holdout_fraction=0.34, holdout_by="group"),
+                           "holdout", training=False, manifest=m)
+    assert "\n" not in str(e.value)

@@ -26,7 +26,7 @@ def batch_of(*rows):
 
 
 def decoder(training, **kw):
-    args = dict(clip_len=4, frame_stride=2, crop_size=32, resize_short=40, canonical_short_side=64,
+    args = dict(clip_len=4, frame_stride=2, crop_size=32, resize_short=64, canonical_short_side=64,
                 training=training, clips_per_video=3, seed=1, epoch=0)
     return ClipDecoder(**{**args, **kw})
 
@@ -106,7 +106,7 @@ def test_overreported_frame_count_is_clamped(row):
     assert frame_index(out["clip"][-1]).max() == row["num_frames"] - 1
 
 
-def test_non_canonical_rows_are_resized_while_decoding():
+def test_rows_stored_at_another_short_side_are_resized_while_decoding():
     odd = make_row(height=64, width=80, short_side=0)              # stored at 64 px, canonical is 128
     out = decoder(False, canonical_short_side=128, resize_short=40)(batch_of(odd))
     assert out["clip"].shape[1:] == (5, 32, 32, 3) and set(out["status"]) == {STATUS_OK}
@@ -114,10 +114,59 @@ def test_non_canonical_rows_are_resized_while_decoding():
     assert abs(cy - 31.5) < 2.5 and abs(cx - 39.5) < 2.5
 
 
+def decoded_sizes(monkeypatch):
+    """The (N, H, W) of every frame array the decoder crops from, recorded as it decodes."""
+    from dynamonet.data import decode as decode_mod
+
+    seen = []
+    real_crop = decode_mod.crop_into
+    monkeypatch.setattr(decode_mod, "crop_into", lambda out, frames, *a: (seen.append(frames.shape[:3]),
+                                                                          real_crop(out, frames, *a)))
+    return seen
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train-5crop-flip", "test-centre"])
+@pytest.mark.parametrize("resize_short, decoded", [(122, (122, 152)), (128, (128, 160))], ids=["122", "as-stored"])
+def test_canonical_128_rows_are_resized_to_resize_short_before_the_crop(monkeypatch, training, resize_short,
+                                                                       decoded):
+    """Paper §4.3 on canonical shards (short side 128): frames resized to 122, then the 112 crops;
+    with resize_short = the stored short side, decoded as stored."""
+    r = make_row(num_frames=12, height=128, width=160, short_side=128)
+    seen = decoded_sizes(monkeypatch)
+    out = decoder(training, crop_size=112, resize_short=resize_short, canonical_short_side=128)(batch_of(r))
+    assert set(out["status"]) == {STATUS_OK} and out["clip"].shape[1:] == (5, 112, 112, 3)
+    assert seen and set(seen) == {(5, *decoded)}
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train-5crop-flip", "test-centre"])
+def test_crops_are_cut_from_frames_resized_to_resize_short(row, monkeypatch, training):
+    """Stored 64x80 (the canonical size), resize_short 56, crop 48: every crop is a crop of the
+    56x70 frame, by size (what decord returned) and by content (position-encoded pixels: the crop's
+    centre and the source pixels per crop pixel, 64/56 = 80/70 = 8/7, not 1 as stored)."""
+    seen = decoded_sizes(monkeypatch)
+    out = decoder(training, crop_size=48, resize_short=56)(batch_of(row))
+    assert set(out["status"]) == {STATUS_OK} and out["clip"].shape[1:] == (5, 48, 48, 3)
+    assert seen and set(seen) == {(5, 56, 70)}
+    scale = 8 / 7
+    positions = set()
+    for clip, pos, flip in zip(out["clip"], out["crop"], out["flip"], strict=True):
+        oy, ox = crop_origin(56, 70, 48, int(pos))
+        cy, cx, flipped = crop_center(clip)
+        assert flipped == bool(flip)
+        assert abs(cy - ((oy + 24) * scale - 0.5)) < 1.5 and abs(cx - ((ox + 24) * scale - 0.5)) < 1.5
+        inner = clip[:, 8:40, 8:40].astype(float)                        # G = 2y + 2, R = 2x + 2 (source)
+        rows, cols = inner[..., 1].mean(axis=(0, 2)), inner[..., 0].mean(axis=(0, 1))
+        assert abs(np.polyfit(np.arange(32), rows, 1)[0] / 2 - scale) < 0.05        # source rows per crop row
+        assert abs(abs(np.polyfit(np.arange(32), cols, 1)[0]) / 2 - scale) < 0.05  # source columns per column
+        positions.add(int(pos))
+    assert positions <= ({0, 1, 2, 3, 4} if training else {0})
+
+
 @pytest.mark.parametrize("width", [48, 72])
 def test_widths_decord_pads_are_read_stepwise(width):
     r = make_row(num_frames=12, height=48, width=width, short_side=48)
-    out = decoder(False, canonical_short_side=48, crop_size=40, clip_len=3, frame_stride=1)(batch_of(r))
+    out = decoder(False, canonical_short_side=48, resize_short=48, crop_size=40, clip_len=3,
+                  frame_stride=1)(batch_of(r))
     assert set(out["status"]) == {STATUS_OK}
     assert list(frame_index(out["clip"][1])) == [3, 4, 5, 6]
     assert crop_center(out["clip"][0])[2] is False

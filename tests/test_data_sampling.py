@@ -64,8 +64,14 @@ def test_crop_into_and_flip_write_the_right_pixels():
     assert np.array_equal(out, frames[:, 2:6, 0:4][:, :, ::-1])
 
 
-def test_resize_only_non_canonical():
-    assert decode_size(128, 170, canonical_short_side=128, resize_short=122, crop_size=112) is None
-    assert decode_size(240, 320, canonical_short_side=128, resize_short=122, crop_size=112) == (122, 163)
-    assert decode_size(48, 48, canonical_short_side=48, resize_short=64, crop_size=56) == (64, 64)
+def test_decode_size_resizes_to_resize_short_unless_stored_at_it():
+    # paper §4.3: short side 122 before the crop, whatever the stored short side (canonical: 128)
+    assert decode_size(128, 170, resize_short=122, crop_size=112) == (122, 162)
+    assert decode_size(240, 320, resize_short=122, crop_size=112) == (122, 163)
+    assert decode_size(170, 128, resize_short=122, crop_size=112) == (162, 122)
+    assert decode_size(48, 48, resize_short=64, crop_size=56) == (64, 64)       # upscaled too
+    assert decode_size(122, 163, resize_short=122, crop_size=112) is None       # stored at 122: as stored
+    assert decode_size(48, 64, resize_short=48, crop_size=40) is None           # the synthetic recipes
+    with pytest.raises(ValueError, match="crop 112 larger"):
+        decode_size(128, 170, resize_short=100, crop_size=112)
     assert resized_size(320, 240, 122) == (163, 122)

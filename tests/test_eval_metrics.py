@@ -155,7 +155,7 @@ def test_evaluate_scores_every_clip_unless_set(tmp_path):
 def test_default_eval_folder_is_named_after_the_split_scored(tmp_path):
     from dynamonet.eval import default_out_dir, eval_split, load_for_eval
 
-    run = _saved_run(tmp_path, "data.val_split=test")  # as the ucf101/hmdb51 recipes
+    run = _saved_run(tmp_path, "data.val_split=test")  # a config that validated on the test split
     cfg, _ = load_for_eval(str(run))
     assert default_out_dir(str(run), eval_split(cfg)) == str(run / "eval" / "test")
     assert default_out_dir(str(run / "checkpoint_epoch0001"), eval_split(cfg, "train")) == str(run / "eval" / "train")

@@ -6,7 +6,8 @@
     ingest.py      plan → one Ray task per shard → rejected.jsonl → manifest.json (last)
     synthetic.py   generated datasets, cached by config: motion (13 global motions, the embedded
                    default) and, in synthetic_subtle.py, the subtle benchmark set
-    subset.py      data.label_fraction: stratified labeled / unlabeled shares (paper Table 2)
+    subset.py      data.label_fraction: stratified labeled / unlabeled shares (paper Table 2);
+                   data.holdout_*: validation held out of the training split (UCF101 groups, per class)
     sampling.py    clip windows in time (paper §4.3)
     transforms.py  5-crop + flip on uint8 (paper §4.3)
     decode.py      ClipDecoder: shard rows → clip rows with decord

@@ -14,6 +14,8 @@
         │   one contiguous block, so consumer batches are zero-copy slices of it)
         │   K random windows per video (training) | every non-overlapping window (eval)
         │   data.label_fraction < 1 (training split): only the selected videos' rows are decoded
+        │   data.holdout_fraction > 0: the training split minus the held-out videos (training),
+        │   or only them (val_split=holdout, the validation stream)
     union(padding rows)                  status=1 rows so that rows % num_consumers == 0
         ▼
     clip rows → Ray Train: streaming_split(n, equal=True) → iter_torch_batches
@@ -31,7 +33,15 @@ stratified share of the split's videos (``data.label_subset=labeled``) or the re
 selects (:mod:`dynamonet.data.subset`); each decode task drops the other rows of its shard before
 decoding. ``num_clips`` counts the selected videos only, so the epoch rule holds unchanged, and a
 video keeps its ``video_index`` in the full split, so its draws do not depend on the fraction.
-Evaluation streams are never subset.
+Evaluation streams are never subset by the label fraction.
+
+Validation held out from training. With ``data.holdout_fraction`` > 0 a share of the training
+split (whole UCF101 groups, or a stratified share of every class: :mod:`dynamonet.data.subset`)
+is held out: the training stream of ``data.train_split`` skips those videos (and applies
+``label_fraction`` to the rest), and the split name ``holdout`` (``data.val_split=holdout``)
+streams only them, from the training split's shards, with their ``video_index`` there. The same
+``keep`` filter does both; an evaluation stream of a subset counts its windows from the kept
+videos' frame counts.
 
 Randomness. Every draw of a training epoch e comes from the seed and e: the shard order from
 ``(seed, e)``, draw k of video v (window, crop, flip) from ``(seed, e, v, k)``. Nothing comes
@@ -65,11 +75,11 @@ import pyarrow.parquet as pq
 import ray
 from ray.experimental import internal_kv
 
-from dynamonet.config import DataConfig
+from dynamonet.config import HOLDOUT, DataConfig
 from dynamonet.data.decode import INPUT_COLUMNS, STATUS_PADDING, ClipDecoder
 from dynamonet.data.sampling import clip_span, total_eval_windows
-from dynamonet.data.shards import MANIFEST_NAME, Manifest, SplitInfo, read_split_columns
-from dynamonet.data.subset import LabelSelection, label_selection
+from dynamonet.data.shards import MANIFEST_NAME, Manifest, read_split_columns
+from dynamonet.data.subset import HoldoutSelection, LabelSelection, holdout_selection, label_selection
 from dynamonet.data.synthetic import synthetic_root
 from dynamonet.storage import (
     PROBE_CONNECT_TIMEOUT,
@@ -100,6 +110,7 @@ class ClipDatasetInfo:
     hflip: bool = False                 # training clips are flipped at random
     epoch_key: str = ""                 # training: where the consumer publishes the epoch (publish_epoch)
     selection: LabelSelection | None = None  # data.label_fraction < 1: the videos kept (num_videos of them)
+    holdout: HoldoutSelection | None = None  # data.holdout_fraction > 0: the videos held out for validation
 
     @property
     def rows_per_consumer(self) -> int:
@@ -145,9 +156,18 @@ def open_dataset(cfg: DataConfig) -> Manifest:
     return manifest
 
 
+def source_split(cfg: DataConfig, split: str) -> str:
+    """The manifest split whose shards a stream reads: ``data.train_split`` for ``holdout`` (the part
+    held out of it for validation), else ``split`` itself."""
+    return cfg.train_split if split == HOLDOUT else split
+
+
 def check_split(cfg: DataConfig, manifest: Manifest, split: str, key: str = "split") -> None:
     """``split`` exists and at least one of its videos is as long as one clip (shorter videos are
-    looped, but a split where *every* video is shorter is a configuration mistake)."""
+    looped, but a split where *every* video is shorter is a configuration mistake). ``holdout``
+    checks ``data.train_split``, which it is carved from."""
+    if split == HOLDOUT:
+        split, key = cfg.train_split, "data.train_split"
     if split not in manifest.splits:
         raise ValueError(f"{key}: split {split!r} is not in {join_uri(manifest.root, MANIFEST_NAME)} "
                          f"(it has: {', '.join(sorted(manifest.splits)) or 'none'})")
@@ -228,7 +248,7 @@ def describe_data_error(err: BaseException) -> str:
     lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
     why = f"{type(err).__name__}: {lines[-1] if lines else type(inner).__name__}"
     shards: list[str] = []
-    deadline = time.monotonic() + 10  # the state API learns of a failed task within a few seconds
+    deadline = time.monotonic() + 30  # the state API learns of a failed task within seconds (tens when loaded)
     while ray.is_initialized() and not shards and time.monotonic() < deadline:
         shards = _dead_decoder_shards()
         if not shards:
@@ -247,7 +267,8 @@ class ShardSource:
     fs: pafs.FileSystem
     seed: int
     epoch_key: str = ""  # "" = evaluation: manifest order, no randomness
-    # data.label_fraction < 1: sorted video_index values of the videos to decode (None = every row).
+    # data.label_fraction < 1 or data.holdout_fraction > 0: sorted video_index values of the videos to
+    # decode (None = every row).
     # 8 bytes a video, pickled once per execution with the decode function's arguments (Ray Data puts
     # the map function in the object store once): ~1.9 MB for Kinetics-400's ~240k training videos.
     keep: np.ndarray | None = field(default=None, compare=False, repr=False)
@@ -332,20 +353,63 @@ def _videos_per_part(clip_shape: tuple[int, ...], rows_per_video: float) -> int:
     return max(1, TARGET_BATCH_BYTES // max(1, int(np.ceil(clip_bytes * rows_per_video))))
 
 
-def _num_clips(cfg: DataConfig, split: SplitInfo, training: bool, num_videos: int) -> int:
+def _num_clips(cfg: DataConfig, frame_counts: dict[int, int], training: bool, num_videos: int) -> int:
     if training:
         return num_videos * cfg.clips_per_video
-    return total_eval_windows(split.frame_counts, cfg.clip_len, cfg.frame_stride, cfg.max_eval_clips)
+    return total_eval_windows(frame_counts, cfg.clip_len, cfg.frame_stride, cfg.max_eval_clips)
 
 
-def select_training_videos(cfg: DataConfig, manifest: Manifest, split: str) -> LabelSelection:
-    """The ``data.label_fraction`` share (``label_subset=labeled``) or the rest (``unlabeled``) of
-    ``split``, stratified per class (paper Table 2, §4.4): one projected read of the split's
-    ``(video_index, video_id, label)`` columns on the driver, then :func:`~dynamonet.data.subset.select_subset`.
-    An empty unlabeled rest is a one-line ``ValueError`` naming ``data.label_fraction``."""
-    cols = read_split_columns(manifest, split, ("video_index", "video_id", "label"), cfg.s3_endpoint)
-    return label_selection(cols["video_index"], cols["video_id"], cols["label"], cfg.label_fraction,
-                           cfg.label_subset, cfg.label_seed)
+@dataclass(frozen=True)
+class StreamVideos:
+    """The videos a subset stream decodes (:func:`select_stream_videos`)."""
+
+    video_indices: np.ndarray           # sorted video_index values in the source split (ShardSource.keep)
+    frame_counts: dict[int, int]        # num_frames -> videos, over the kept videos
+    holdout: HoldoutSelection | None = None
+    selection: LabelSelection | None = None
+
+    @property
+    def num_videos(self) -> int:
+        return len(self.video_indices)
+
+
+def select_stream_videos(cfg: DataConfig, manifest: Manifest, split: str, training: bool) -> StreamVideos | None:
+    """The videos of a stream that does not read its whole split; None for one that does.
+
+    * ``split == "holdout"``: the videos :func:`~dynamonet.data.subset.holdout_selection` holds out
+      of ``data.train_split`` (the validation stream of ``data.val_split=holdout``);
+    * the training stream of ``data.train_split``: the split minus the held-out videos
+      (``data.holdout_fraction`` > 0), then the ``data.label_fraction`` share of what is left
+      (``label_subset=labeled``) or its rest (``unlabeled``), stratified per class (paper Table 2, §4.4).
+
+    One projected read of the split's ``(video_index, video_id, label, num_frames)`` columns on the
+    driver (no video bytes). Every problem is a one-line ``ValueError`` naming the config field.
+    """
+    holding_out = split == HOLDOUT or (training and split == cfg.train_split and cfg.holdout_fraction > 0)
+    labeling = training and split == cfg.train_split and cfg.label_fraction < 1.0
+    if not (holding_out or labeling):
+        return None
+    if split == HOLDOUT and cfg.holdout_fraction <= 0:
+        raise ValueError("data.holdout_fraction: the holdout split needs data.holdout_fraction > 0")
+    cols = read_split_columns(manifest, source_split(cfg, split), ("video_index", "video_id", "label", "num_frames"),
+                              cfg.s3_endpoint)
+    rows = list(zip(cols["video_index"], cols["video_id"], cols["label"], cols["num_frames"], strict=True))
+    held = None
+    if holding_out:
+        held = holdout_selection(cols["video_id"], cols["label"], cfg.holdout_fraction, cfg.holdout_by,
+                                 cfg.holdout_seed)
+        inside = split == HOLDOUT   # the held-out videos themselves, or the training rest
+        rows = [r for r in rows if (r[1] in held.video_ids) == inside]
+    selection = None
+    if labeling:
+        selection = label_selection([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+                                    cfg.label_fraction, cfg.label_subset, cfg.label_seed)
+        rows = [r for r in rows if r[1] in selection.video_ids]
+    frame_counts: dict[int, int] = {}
+    for r in rows:
+        frame_counts[int(r[3])] = frame_counts.get(int(r[3]), 0) + 1
+    return StreamVideos(video_indices=np.sort(np.fromiter((int(r[0]) for r in rows), dtype=np.int64, count=len(rows))),
+                        frame_counts=frame_counts, holdout=held, selection=selection)
 
 
 def _split_key(cfg: DataConfig, split: str) -> str:
@@ -366,9 +430,11 @@ def build_clip_dataset(cfg: DataConfig, split: str, *, training: bool, num_consu
         manifest: from :func:`open_dataset` (read again if None).
         seed: base seed of the sampling (None = random).
 
-    With ``cfg.label_fraction`` < 1, the training stream of ``cfg.train_split`` decodes only the
-    videos of :func:`select_training_videos` (paper Table 2); ``info.num_videos`` and
-    ``info.num_clips`` count them, ``info.selection`` describes them. Evaluation is never subset.
+    With ``cfg.label_fraction`` < 1 or ``cfg.holdout_fraction`` > 0, the training stream of
+    ``cfg.train_split`` decodes only the videos of :func:`select_stream_videos` (paper Table 2; the
+    split minus the held-out videos); ``split="holdout"`` streams the held-out videos alone.
+    ``info.num_videos`` and ``info.num_clips`` count them, ``info.selection`` and ``info.holdout``
+    describe them. Other evaluation streams read their whole split.
 
     Returns:
         ``(dataset, info)``; rows: clip uint8 (T+1, S, S, 3), label int64, video_id str,
@@ -378,19 +444,18 @@ def build_clip_dataset(cfg: DataConfig, split: str, *, training: bool, num_consu
     """
     manifest = manifest or open_dataset(cfg)
     check_split(cfg, manifest, split, _split_key(cfg, split))
-    info = manifest.splits[split]
+    info = manifest.splits[source_split(cfg, split)]
     seed = secrets.randbits(31) if seed is None else seed
     clip_shape = (cfg.clip_len + 1, cfg.crop_size, cfg.crop_size, 3)
-    selection = (select_training_videos(cfg, manifest, split)
-                 if training and split == cfg.train_split and cfg.label_fraction < 1.0 else None)
-    num_videos = selection.num_videos if selection is not None else info.num_videos
-    num_clips = _num_clips(cfg, info, training, num_videos)
+    subset = select_stream_videos(cfg, manifest, split, training)
+    num_videos = subset.num_videos if subset is not None else info.num_videos
+    num_clips = _num_clips(cfg, subset.frame_counts if subset is not None else info.frame_counts, training, num_videos)
     flip_map = manifest.flip_label_map() if training and cfg.hflip else None
     hflip = flip_map is not None
     fs, _ = resolve_filesystem(manifest.root, cfg.s3_endpoint, max_attempts=cfg.s3_max_attempts)
-    source = ShardSource(paths=tuple(uri_path(u) for u in manifest.shard_uris(split)), fs=fs, seed=seed,
-                         epoch_key=f"{split}-{uuid.uuid4().hex}" if training else "",
-                         keep=selection.video_indices if selection is not None else None)
+    source = ShardSource(paths=tuple(uri_path(u) for u in manifest.shard_uris(source_split(cfg, split))), fs=fs,
+                         seed=seed, epoch_key=f"{split}-{uuid.uuid4().hex}" if training else "",
+                         keep=subset.video_indices if subset is not None else None)
     decoder_kwargs = {"clip_len": cfg.clip_len, "frame_stride": cfg.frame_stride, "crop_size": cfg.crop_size,
                       "resize_short": cfg.resize_short, "training": training,
                       "canonical_short_side": int(manifest.transcode.get("short_side", 0)),
@@ -424,4 +489,5 @@ def build_clip_dataset(cfg: DataConfig, split: str, *, training: bool, num_consu
     return ds, ClipDatasetInfo(num_videos=num_videos, num_clips=num_clips, num_padding=num_padding,
                                class_names=list(manifest.class_names), clip_shape=clip_shape,
                                num_consumers=num_consumers, hflip=hflip, epoch_key=source.epoch_key,
-                               selection=selection)
+                               selection=subset.selection if subset is not None else None,
+                               holdout=subset.holdout if subset is not None else None)

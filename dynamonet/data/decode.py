@@ -2,11 +2,16 @@
 
     shard rows {video bytes, num_frames, crc32, ...}        (one per video)
         │ crc32 check                       mismatch → status 2, decord never called
-        │ decord VideoReader(BytesIO(bytes), num_threads=1[, width, height if not canonical])
+        │ decord VideoReader(BytesIO(bytes), num_threads=1[, width, height: short side resize_short,
+        │                    unless stored at it])
         │ windows (sampling.py) → get_batch(contiguous indices): one seek, consecutive frames
         │ crop + flip into the preallocated output (transforms.py)
         ▼
     clip rows {clip uint8 (T+1,S,S,3), label, video_id, video_index, clip_index, status, start, crop, flip}
+
+Every frame is resized to short side ``resize_short`` (paper: 122) before the crop, in training
+and evaluation, whatever the shards' stored short side (canonical shards: 128); a row stored at
+``resize_short`` is decoded as stored (see :func:`dynamonet.data.transforms.decode_size`).
 
 Each video yields a fixed number of rows — K in training, its evaluation window count otherwise —
 whatever happens, so epoch sizes are known in advance. A row that cannot be decoded yields the
@@ -100,8 +105,10 @@ class ClipDecoder:
         clip_len: T; each clip carries T+1 frames.
         frame_stride: temporal stride between the frames of a clip.
         crop_size: S, the side of the square crop.
-        resize_short: short side used when a video is not canonical (paper: 122).
-        canonical_short_side: the manifest's transcode ``short_side``.
+        resize_short: short side the frames are resized to before the crop (paper: 122), in
+            training and evaluation; rows stored at this short side are decoded as stored.
+        canonical_short_side: the manifest's transcode ``short_side``, kept for reference only:
+            decoding depends on each row's stored size and ``resize_short``, not on it.
         training: K random windows, random corner/centre crop and flip; else every
             non-overlapping window, centre crop.
         clips_per_video: K (training).
@@ -115,7 +122,7 @@ class ClipDecoder:
     """
 
     def __init__(self, *, clip_len: int, frame_stride: int, crop_size: int, resize_short: int,
-                 canonical_short_side: int, training: bool, clips_per_video: int = 1, max_eval_clips: int = 0,
+                 canonical_short_side: int = 0, training: bool, clips_per_video: int = 1, max_eval_clips: int = 0,
                  seed: int = 0, epoch: int = 0, num_threads: int = 1, hflip: bool = True,
                  hflip_label_map: list[int] | None = None) -> None:
         self.clip_len, self.frame_stride, self.crop_size = clip_len, frame_stride, crop_size
@@ -157,8 +164,7 @@ class ClipDecoder:
             raise ValueError(f"num_frames is {num_frames}")
         if zlib.crc32(data) != int(row["crc32"]):
             raise ValueError("crc32 mismatch (bytes damaged in storage or transit)")
-        size = decode_size(int(row["height"]), int(row["width"]), self.canonical_short_side, self.resize_short,
-                           self.crop_size)
+        size = decode_size(int(row["height"]), int(row["width"]), self.resize_short, self.crop_size)
         reader = open_reader(data, size, self.num_threads)
         last = min(num_frames, len(reader)) - 1                     # decord#373 guard
         width = size[1] if size is not None else int(row["width"])

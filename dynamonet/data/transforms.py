@@ -1,8 +1,11 @@
 """Spatial augmentation of clips on uint8 frames (paper §4.3).
 
-Training: frames resized so the short side is 122 when the video is not in the canonical format,
+Training: frames resized so the short side is ``resize_short`` (paper: 122; aspect ratio kept),
 then one of 5 crops of 112 x 112 (4 corners + centre) chosen at random, flipped horizontally with
-p = 0.5. Evaluation: the centre crop. Everything works on ``uint8 (N, H, W, 3)`` arrays: a crop is
+p = 0.5. Evaluation: the same resize, then the centre crop. The resize happens in decord while
+decoding (:func:`decode_size`) whatever the shards' stored short side (canonical shards: 128), and
+costs nothing when the stored short side already equals ``resize_short`` (the synthetic sets: the
+frames are decoded as stored). Everything works on ``uint8 (N, H, W, 3)`` arrays: a crop is
 a slice, and the single copy is the write into the output batch (float conversion and
 normalisation happen later, on the training device). A flipped crop is written by ``torch.flip``
 (on one thread: :func:`dynamonet.data.decode.single_threaded_torch`):
@@ -61,14 +64,18 @@ def resized_size(height: int, width: int, short_side: int) -> tuple[int, int]:
     return max(short_side, round(height * short_side / width)), short_side
 
 
-def decode_size(height: int, width: int, canonical_short_side: int, resize_short: int,
-                crop_size: int) -> tuple[int, int] | None:
-    """Size to ask the decoder for, or None to decode at the stored size.
+def decode_size(height: int, width: int, resize_short: int, crop_size: int) -> tuple[int, int] | None:
+    """Size ``(height, width)`` to ask the decoder for, or None to decode at the stored size.
 
-    A video in the canonical format (short side == the manifest's ``short_side``) is used as
-    stored if the crop fits; anything else is resized to short side ``resize_short`` (paper: 122).
+    Paper §4.3: frames are resized to short side ``resize_short`` (122) before the crop, in
+    training and evaluation alike, whatever the stored short side: a row whose short side differs
+    from ``resize_short`` is resized (aspect ratio kept, :func:`resized_size`); a row whose short
+    side equals it is decoded as stored (no resize, no cost). ``resize_short`` must be at least
+    ``crop_size`` (``data.resize_short >= data.crop_size`` is checked by the config; 0 is not a
+    setting).
     """
-    short = min(height, width)
-    if short == canonical_short_side and short >= crop_size:
+    if resize_short < crop_size:
+        raise ValueError(f"crop {crop_size} larger than the resized short side {resize_short}")
+    if min(height, width) == resize_short:
         return None
     return resized_size(height, width, resize_short)

@@ -293,6 +293,8 @@ def _build_datasets(spec: RunSpec, manifest: Any) -> None:
     train, tinfo = build_clip_dataset(spec.data, cfg.data.train_split, training=True, num_consumers=w,
                                       manifest=manifest, seed=cfg.train.seed)
     spec.datasets, spec.epoch_key = {"train": train.select_columns(cols)}, tinfo.epoch_key
+    if tinfo.holdout is not None:  # data.holdout_fraction > 0: validation carved from the training split
+        print(f"[data] {tinfo.holdout.describe()}", flush=True)
     if tinfo.selection is not None:  # data.label_fraction < 1 (paper Table 2): steps follow the subset
         print(f"[data] {tinfo.selection.describe()}", flush=True)
     val_note = "no validation split"
