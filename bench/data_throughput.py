@@ -309,7 +309,6 @@ class ShardClips:
         flip_map = manifest.flip_label_map() if cfg.hflip else None
         self.decoder_kwargs = {"clip_len": cfg.clip_len, "frame_stride": cfg.frame_stride, "crop_size": cfg.crop_size,
                                "resize_short": cfg.resize_short, "training": True,
-                               "canonical_short_side": int(manifest.transcode.get("short_side", 0)),
                                "clips_per_video": cfg.clips_per_video, "seed": seed, "epoch": 0,
                                "hflip": flip_map is not None, "hflip_label_map": flip_map}
         self._source = None

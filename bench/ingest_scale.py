@@ -26,7 +26,7 @@ driver's own peak RSS (``ru_maxrss``):
       (s3_small) the tiny clips above;
       (s3_large) 320x240 H.264 clips of 8 noisy frames at crf 16, about 250 KB each (32 distinct
       clips; about 230 MB of sources at 1000 entries).
-      Each dataset is uploaded with boto3 (``put_object`` from a thread pool), then ingested from S3.
+      Each dataset is uploaded with ``dynamonet.storage.upload_dir``, then ingested from S3.
       The S3 client libraries make an S3 run's driver bigger than a local one's, so the two S3 runs
       are compared with each other: a driver that held the sources (or a fixed fraction of them)
       would peak higher by that much with the large files.
@@ -58,7 +58,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _verdict import check, summarize
 
+from dynamonet.cluster.processes import alive, descendants
 from dynamonet.data.encode import encode_video
 from dynamonet.data.synthetic import random_canvas
 
@@ -83,7 +83,7 @@ MAX_LINES, MAX_EXTRA_LINES, MAX_PEAK_RATIO = 40, 2, 1.25
 # (s3-large): noisy 320x240 clips at a low crf, about 250 KB each; the driver may grow by at most
 # S3_MAX_GROWTH of the extra source bytes
 BIG_CLIPS, BIG_FRAMES, BIG_HEIGHT, BIG_WIDTH, BIG_CRF, BIG_NOISE = 32, 8, 240, 320, 16, 40
-BIG_MIN_BYTES, S3_MAX_GROWTH, S3_UPLOAD_THREADS = 200_000, 0.10, 16
+BIG_MIN_BYTES, S3_MAX_GROWTH = 200_000, 0.10
 SHARD_RE = re.compile(r"^shard-\d{5}\.parquet$")
 
 # The CLI in a subprocess; the driver reports its own peak RSS after the ingest.
@@ -251,38 +251,10 @@ def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env | (extra or {})
 
 
-def _descendants(pid: int) -> set[int]:
-    """Every live descendant of ``pid`` (Linux /proc)."""
-    children: dict[int, list[int]] = {}
-    for p in os.listdir("/proc"):
-        if not p.isdigit():
-            continue
-        try:
-            ppid = int(open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(p))
-    found, todo = set(), [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            if c not in found:
-                found.add(c)
-                todo.append(c)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def kill_tree(proc: subprocess.Popen, tree: set[int]) -> int:
     """SIGKILL the process group of ``proc`` and any process of ``tree`` outside it; wait until they
     are gone. Returns how many of them were still alive 10 s later."""
-    tree = tree | _descendants(proc.pid)
+    tree = tree | descendants([proc.pid])
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -294,9 +266,9 @@ def kill_tree(proc: subprocess.Popen, tree: set[int]) -> int:
             pass
     proc.wait()
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(p) for p in tree):
+    while time.monotonic() < deadline and any(alive(p) for p in tree):
         time.sleep(0.1)
-    return sum(_alive(p) for p in tree)
+    return sum(alive(p) for p in tree)
 
 
 def _finish(proc: subprocess.Popen, t0: float, out_path: str, err_path: str) -> Run:
@@ -360,7 +332,7 @@ def run_killed(cmd: list[str], env: dict[str, str], logs: str, out: str, kill_at
                 break
             if time.perf_counter() - t0 > timeout_s:
                 break
-            tree |= _descendants(proc.pid)
+            tree |= descendants([proc.pid])
             time.sleep(0.2)
         kill_s = time.perf_counter() - t0
         leftover = kill_tree(proc, tree) if proc.poll() is None else 0
@@ -438,21 +410,6 @@ def fail_tail(run: Run) -> str:
 # S3
 # ------------------------------------------------------------------------------------------
 
-def upload_tree(client: object, root: str, bucket: str, prefix: str) -> int:
-    """Put every file below ``root`` at ``s3://bucket/prefix/<relative path>`` from a thread pool of
-    :data:`S3_UPLOAD_THREADS` (one boto3 client: thread-safe). Returns the number of files."""
-    files = sorted(p for p in Path(root).rglob("*") if p.is_file())
-
-    def put(path: Path) -> None:
-        client.put_object(Bucket=bucket, Key=f"{prefix}/{path.relative_to(root).as_posix()}",  # type: ignore[attr-defined]
-                          Body=path.read_bytes())
-
-    with ThreadPoolExecutor(S3_UPLOAD_THREADS) as pool:
-        for _ in pool.map(put, files):
-            pass
-    return len(files)
-
-
 def s3_part(args: argparse.Namespace, work: str, clips: list[bytes]
             ) -> tuple[dict[str, dict[str, object]], dict[str, Dataset], dict[str, object]]:
     """(s3-small) and (s3-large): the same ``--s3-videos`` entries with tiny and with large source
@@ -460,10 +417,10 @@ def s3_part(args: argparse.Namespace, work: str, clips: list[bytes]
     (output in the same bucket). Returns the runs, the datasets and ``{"generation_s", "wall_s",
     "moto_stopped"}``; the server is stopped before returning, also on errors."""
     import boto3
-    from botocore.config import Config
 
     from dynamonet.cluster.processes import kill_all
     from dynamonet.cluster.rehearsal import start_s3_server
+    from dynamonet.storage import upload_dir
 
     n = args.s3_videos
     t0 = time.perf_counter()
@@ -483,13 +440,13 @@ def s3_part(args: argparse.Namespace, work: str, clips: list[bytes]
     os.environ.pop("AWS_SESSION_TOKEN", None)
     runs: dict[str, dict[str, object]] = {}
     try:
-        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                              config=Config(max_pool_connections=S3_UPLOAD_THREADS))
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
         for tag, ds in sets.items():
             bucket = tag.replace("_", "-")
             client.create_bucket(Bucket=bucket)
             t1 = time.perf_counter()
-            files = upload_tree(client, ds.root, bucket, "k")
+            upload_dir(ds.root, f"s3://{bucket}/k", endpoint)
+            files = sum(1 for p in Path(ds.root).rglob("*") if p.is_file())
             upload_s = time.perf_counter() - t1
             log(f"({tag}) uploaded {files} files, {ds.source_bytes / 2**20:.1f} MiB of sources, in {upload_s:.1f} s;"
                 " ingesting from S3")
@@ -511,7 +468,7 @@ def s3_part(args: argparse.Namespace, work: str, clips: list[bytes]
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    stopped = not _alive(moto_pid)
+    stopped = not alive(moto_pid)
     if not stopped:
         log(f"s3: the moto server {moto_pid} is still alive after SIGKILL")
     return runs, sets, {"generation_s": round(gen_s, 2), "wall_s": round(time.perf_counter() - t0, 1),
@@ -647,7 +604,7 @@ def bench(args: argparse.Namespace, work: str) -> dict[str, object]:
                      "source_video": f"{WIDTH}x{HEIGHT} H.264, {FRAMES} frames, {CLIPS} distinct clips",
                      "seed": args.seed, "s3": args.s3, "s3_videos": args.s3_videos if args.s3 else None,
                      "s3_large_source_video": f"{BIG_WIDTH}x{BIG_HEIGHT} H.264 crf {BIG_CRF}, {BIG_FRAMES} frames, "
-                     f"noise +-{BIG_NOISE}, {BIG_CLIPS} distinct clips", "s3_upload_threads": S3_UPLOAD_THREADS},
+                     f"noise +-{BIG_NOISE}, {BIG_CLIPS} distinct clips"},
         "machine": {"cpu_count": os.cpu_count()},
         "dataset": {"small": small.describe(), "large": large.describe(), "generation_s": round(gen_s, 2),
                     **{tag: ds.describe() for tag, ds in s3_sets.items()}},

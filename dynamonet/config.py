@@ -143,6 +143,11 @@ class DataConfig:
                                   "group: whole UCF101 groups gNN (v_<Class>_gNN_cMM), that share of the split's groups")
     holdout_seed: int = _f(0, "seed of the holdout selection (independent of train.seed and label_seed)")
 
+    def source_split(self, split: str) -> str:
+        """The manifest split whose shards a stream of ``split`` reads: ``train_split`` for
+        ``holdout`` (the part held out of it for validation), else ``split`` itself."""
+        return self.train_split if split == HOLDOUT else split
+
     def __post_init__(self) -> None:
         if isinstance(self.synthetic, dict):
             self.synthetic = SyntheticConfig(**self.synthetic)

@@ -122,7 +122,7 @@ def evaluate_checkpoint(checkpoint: str, *, split: str = "", overrides: list[str
         acc = per_class_accuracy(confusion)
         out["per_class_top1"] = {c: (None if _nan(a) else float(a)) for c, a in zip(class_names, acc.tolist(), strict=True)}
     if predictions:
-        names = read_video_ids(manifest, data.train_split if split == HOLDOUT else split, data.s3_endpoint)
+        names = read_video_ids(manifest, data.source_split(split), data.s3_endpoint)
         out["predictions"] = [{"video_id": names.get(v, ""), "label": class_names[y] if y >= 0 else "", "predicted": class_names[p],
                                "score": s} for v, y, p, s in predictions]
     if out_dir:

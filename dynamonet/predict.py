@@ -51,7 +51,7 @@ def decode_video_clips(path: str, cfg: Any, transcode_info: dict[str, Any], endp
     except VideoRejected as e:
         raise ValueError(f"VIDEO: {path}: {e}") from None
     decoder = ClipDecoder(clip_len=cfg.data.clip_len, frame_stride=cfg.data.frame_stride, crop_size=cfg.data.crop_size,
-                          resize_short=cfg.data.resize_short, canonical_short_side=short, training=False)
+                          resize_short=cfg.data.resize_short, training=False)
     row = {"video_id": np.array([os.path.basename(path)], dtype=object), "video_index": np.array([0]),
            "label": np.array([-1]), "video": np.array([tc.data], dtype=object),
            "num_frames": np.array([tc.num_frames]), "height": np.array([tc.height]),

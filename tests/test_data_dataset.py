@@ -253,7 +253,7 @@ def test_label_fraction_streams_the_stratified_subset_exactly_k_times(position_d
         assert [r[2] for r in rows].count(STATUS_PADDING) == padding
         real = [r for r in rows if r[2] == STATUS_OK]
         assert collections.Counter(r[0] for r in real) == {v: 3 for v in expected[subset]}
-        decoder = ClipDecoder(clip_len=4, frame_stride=2, crop_size=32, resize_short=64, canonical_short_side=64,
+        decoder = ClipDecoder(clip_len=4, frame_stride=2, crop_size=32, resize_short=64,
                               training=True, clips_per_video=3, seed=5, epoch=0, hflip=info.hflip)
         for vid in expected[subset]:                     # the draws of the video's index in the full split
             got = sorted((int(st), int(c), bool(f)) for v, i, _, st, c, f in real if v == vid and i == index_of[vid])

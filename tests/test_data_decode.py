@@ -26,7 +26,7 @@ def batch_of(*rows):
 
 
 def decoder(training, **kw):
-    args = dict(clip_len=4, frame_stride=2, crop_size=32, resize_short=64, canonical_short_side=64,
+    args = dict(clip_len=4, frame_stride=2, crop_size=32, resize_short=64,
                 training=training, clips_per_video=3, seed=1, epoch=0)
     return ClipDecoder(**{**args, **kw})
 
@@ -108,7 +108,7 @@ def test_overreported_frame_count_is_clamped(row):
 
 def test_rows_stored_at_another_short_side_are_resized_while_decoding():
     odd = make_row(height=64, width=80, short_side=0)              # stored at 64 px, canonical is 128
-    out = decoder(False, canonical_short_side=128, resize_short=40)(batch_of(odd))
+    out = decoder(False, resize_short=40)(batch_of(odd))
     assert out["clip"].shape[1:] == (5, 32, 32, 3) and set(out["status"]) == {STATUS_OK}
     cy, cx, _ = crop_center(out["clip"][0])                        # centre of a 40x50 frame, in 64x80 units
     assert abs(cy - 31.5) < 2.5 and abs(cx - 39.5) < 2.5
@@ -133,7 +133,7 @@ def test_canonical_128_rows_are_resized_to_resize_short_before_the_crop(monkeypa
     with resize_short = the stored short side, decoded as stored."""
     r = make_row(num_frames=12, height=128, width=160, short_side=128)
     seen = decoded_sizes(monkeypatch)
-    out = decoder(training, crop_size=112, resize_short=resize_short, canonical_short_side=128)(batch_of(r))
+    out = decoder(training, crop_size=112, resize_short=resize_short)(batch_of(r))
     assert set(out["status"]) == {STATUS_OK} and out["clip"].shape[1:] == (5, 112, 112, 3)
     assert seen and set(seen) == {(5, *decoded)}
 
@@ -165,7 +165,7 @@ def test_crops_are_cut_from_frames_resized_to_resize_short(row, monkeypatch, tra
 @pytest.mark.parametrize("width", [48, 72])
 def test_widths_decord_pads_are_read_stepwise(width):
     r = make_row(num_frames=12, height=48, width=width, short_side=48)
-    out = decoder(False, canonical_short_side=48, resize_short=48, crop_size=40, clip_len=3,
+    out = decoder(False, resize_short=48, crop_size=40, clip_len=3,
                   frame_stride=1)(batch_of(r))
     assert set(out["status"]) == {STATUS_OK}
     assert list(frame_index(out["clip"][1])) == [3, 4, 5, 6]

@@ -156,18 +156,12 @@ def open_dataset(cfg: DataConfig) -> Manifest:
     return manifest
 
 
-def source_split(cfg: DataConfig, split: str) -> str:
-    """The manifest split whose shards a stream reads: ``data.train_split`` for ``holdout`` (the part
-    held out of it for validation), else ``split`` itself."""
-    return cfg.train_split if split == HOLDOUT else split
-
-
 def check_split(cfg: DataConfig, manifest: Manifest, split: str, key: str = "split") -> None:
     """``split`` exists and at least one of its videos is as long as one clip (shorter videos are
     looped, but a split where *every* video is shorter is a configuration mistake). ``holdout``
     checks ``data.train_split``, which it is carved from."""
     if split == HOLDOUT:
-        split, key = cfg.train_split, "data.train_split"
+        split, key = cfg.source_split(split), "data.train_split"
     if split not in manifest.splits:
         raise ValueError(f"{key}: split {split!r} is not in {join_uri(manifest.root, MANIFEST_NAME)} "
                          f"(it has: {', '.join(sorted(manifest.splits)) or 'none'})")
@@ -391,7 +385,7 @@ def select_stream_videos(cfg: DataConfig, manifest: Manifest, split: str, traini
         return None
     if split == HOLDOUT and cfg.holdout_fraction <= 0:
         raise ValueError("data.holdout_fraction: the holdout split needs data.holdout_fraction > 0")
-    cols = read_split_columns(manifest, source_split(cfg, split), ("video_index", "video_id", "label", "num_frames"),
+    cols = read_split_columns(manifest, cfg.source_split(split), ("video_index", "video_id", "label", "num_frames"),
                               cfg.s3_endpoint)
     rows = list(zip(cols["video_index"], cols["video_id"], cols["label"], cols["num_frames"], strict=True))
     held = None
@@ -444,7 +438,7 @@ def build_clip_dataset(cfg: DataConfig, split: str, *, training: bool, num_consu
     """
     manifest = manifest or open_dataset(cfg)
     check_split(cfg, manifest, split, _split_key(cfg, split))
-    info = manifest.splits[source_split(cfg, split)]
+    info = manifest.splits[cfg.source_split(split)]
     seed = secrets.randbits(31) if seed is None else seed
     clip_shape = (cfg.clip_len + 1, cfg.crop_size, cfg.crop_size, 3)
     subset = select_stream_videos(cfg, manifest, split, training)
@@ -453,12 +447,11 @@ def build_clip_dataset(cfg: DataConfig, split: str, *, training: bool, num_consu
     flip_map = manifest.flip_label_map() if training and cfg.hflip else None
     hflip = flip_map is not None
     fs, _ = resolve_filesystem(manifest.root, cfg.s3_endpoint, max_attempts=cfg.s3_max_attempts)
-    source = ShardSource(paths=tuple(uri_path(u) for u in manifest.shard_uris(source_split(cfg, split))), fs=fs,
+    source = ShardSource(paths=tuple(uri_path(u) for u in manifest.shard_uris(cfg.source_split(split))), fs=fs,
                          seed=seed, epoch_key=f"{split}-{uuid.uuid4().hex}" if training else "",
                          keep=subset.video_indices if subset is not None else None)
     decoder_kwargs = {"clip_len": cfg.clip_len, "frame_stride": cfg.frame_stride, "crop_size": cfg.crop_size,
                       "resize_short": cfg.resize_short, "training": training,
-                      "canonical_short_side": int(manifest.transcode.get("short_side", 0)),
                       "clips_per_video": cfg.clips_per_video, "max_eval_clips": cfg.max_eval_clips, "seed": seed,
                       "hflip": hflip, "hflip_label_map": flip_map}
     decode_args = {"source": source, "decoder_kwargs": decoder_kwargs,

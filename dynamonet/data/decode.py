@@ -107,8 +107,6 @@ class ClipDecoder:
         crop_size: S, the side of the square crop.
         resize_short: short side the frames are resized to before the crop (paper: 122), in
             training and evaluation; rows stored at this short side are decoded as stored.
-        canonical_short_side: the manifest's transcode ``short_side``, kept for reference only:
-            decoding depends on each row's stored size and ``resize_short``, not on it.
         training: K random windows, random corner/centre crop and flip; else every
             non-overlapping window, centre crop.
         clips_per_video: K (training).
@@ -122,11 +120,11 @@ class ClipDecoder:
     """
 
     def __init__(self, *, clip_len: int, frame_stride: int, crop_size: int, resize_short: int,
-                 canonical_short_side: int = 0, training: bool, clips_per_video: int = 1, max_eval_clips: int = 0,
+                 training: bool, clips_per_video: int = 1, max_eval_clips: int = 0,
                  seed: int = 0, epoch: int = 0, num_threads: int = 1, hflip: bool = True,
                  hflip_label_map: list[int] | None = None) -> None:
         self.clip_len, self.frame_stride, self.crop_size = clip_len, frame_stride, crop_size
-        self.resize_short, self.canonical_short_side = resize_short, canonical_short_side
+        self.resize_short = resize_short
         self.training, self.clips_per_video, self.max_eval_clips = training, clips_per_video, max_eval_clips
         self.seed, self.epoch, self.num_threads, self.hflip = seed, epoch, num_threads, hflip
         self.flip_labels = np.asarray(hflip_label_map, dtype=np.int64) if hflip_label_map is not None else None

@@ -34,7 +34,7 @@ import math
 import posixpath
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,12 +51,34 @@ def labeled_count(num_videos: int, fraction: float) -> int:
     half up (Python's ``round`` rounds half to even), at least 1 when the class has videos."""
     if num_videos <= 0:
         return 0
-    return min(num_videos, max(1, math.floor(fraction * num_videos + 0.5 + 1e-9)))
+    return min(num_videos, max(1, _round_half_up(fraction * num_videos)))
 
 
-def _class_rng(seed: int, label: int) -> np.random.Generator:
+def _round_half_up(x: float) -> int:
+    return math.floor(x + 0.5 + 1e-9)
+
+
+def _class_rng(seed: int, label: int, *stream: int) -> np.random.Generator:
     # SeedSequence takes non-negative words: a label of -1 (no label) becomes 2**32 - 1
-    return np.random.default_rng([seed, label & 0xFFFFFFFF])
+    return np.random.default_rng([seed, label & 0xFFFFFFFF, *stream])
+
+
+def _pick_per_class(video_ids: Sequence[str], labels: Sequence[int], count: Callable[[int], int], seed: int,
+                    *stream: int, caller: str) -> set[str]:
+    """The first ``count(n_c)`` videos of every class c in a permutation seeded with
+    ``(seed, c, *stream)`` of its ids sorted (so the result ignores input order and is nested in
+    the count)."""
+    if len(video_ids) != len(labels):
+        raise ValueError(f"{caller}: {len(video_ids)} video ids but {len(labels)} labels")
+    by_class: dict[int, list[str]] = defaultdict(list)
+    for vid, label in zip(video_ids, labels, strict=True):
+        by_class[int(label)].append(str(vid))
+    picked: set[str] = set()
+    for label, ids in by_class.items():
+        ids.sort()
+        order = _class_rng(seed, label, *stream).permutation(len(ids))
+        picked.update(ids[i] for i in order[:count(len(ids))].tolist())
+    return picked
 
 
 def select_labeled(video_ids: Sequence[str], labels: Sequence[int], fraction: float, seed: int) -> set[str]:
@@ -76,17 +98,7 @@ def select_labeled(video_ids: Sequence[str], labels: Sequence[int], fraction: fl
         raise ValueError(f"data.label_fraction: must be in (0, 1], got {fraction}")
     if seed < 0:
         raise ValueError(f"data.label_seed: must be >= 0, got {seed}")
-    if len(video_ids) != len(labels):
-        raise ValueError(f"select_labeled: {len(video_ids)} video ids but {len(labels)} labels")
-    by_class: dict[int, list[str]] = defaultdict(list)
-    for vid, label in zip(video_ids, labels, strict=True):
-        by_class[int(label)].append(str(vid))
-    selected: set[str] = set()
-    for label, ids in by_class.items():
-        ids.sort()
-        order = _class_rng(seed, label).permutation(len(ids))
-        selected.update(ids[i] for i in order[:labeled_count(len(ids), fraction)].tolist())
-    return selected
+    return _pick_per_class(video_ids, labels, lambda n: labeled_count(n, fraction), seed, caller="select_labeled")
 
 
 def select_subset(video_ids: Sequence[str], labels: Sequence[int], fraction: float, subset: str,
@@ -148,10 +160,6 @@ def label_selection(video_indices: Sequence[int], video_ids: Sequence[str], labe
 # Validation held out from the training split (data.holdout_*)
 # --------------------------------------------------------------------------------------------
 
-def _round_half_up(x: float) -> int:
-    return math.floor(x + 0.5 + 1e-9)
-
-
 def holdout_count(num_videos: int, fraction: float) -> int:
     """Videos a class of ``num_videos`` gives to validation (``holdout_by=class``): ``round(fraction ·
     num_videos)`` rounded half up, at least 1 when the class has 2 or more videos, at most
@@ -187,16 +195,8 @@ def select_holdout_by_class(video_ids: Sequence[str], labels: Sequence[int], fra
     Raises a one-line ``ValueError`` naming ``data.holdout_fraction`` when nothing is held out
     (every class has a single video)."""
     _check_holdout(fraction, seed)
-    if len(video_ids) != len(labels):
-        raise ValueError(f"select_holdout_by_class: {len(video_ids)} video ids but {len(labels)} labels")
-    by_class: dict[int, list[str]] = defaultdict(list)
-    for vid, label in zip(video_ids, labels, strict=True):
-        by_class[int(label)].append(str(vid))
-    held: set[str] = set()
-    for label, ids in by_class.items():
-        ids.sort()
-        order = np.random.default_rng([seed, label & 0xFFFFFFFF, _HOLDOUT_STREAM]).permutation(len(ids))
-        held.update(ids[i] for i in order[:holdout_count(len(ids), fraction)].tolist())
+    held = _pick_per_class(video_ids, labels, lambda n: holdout_count(n, fraction), seed, _HOLDOUT_STREAM,
+                           caller="select_holdout_by_class")
     if not held:
         raise ValueError(f"data.holdout_fraction: {fraction:g} holds out no video: every class of the training split "
                          f"({len(video_ids)} videos) has fewer than 2 videos")
