@@ -72,13 +72,14 @@ class ModelConfig:
         _check(self.shortcut in ("", "A", "B"), "model.shortcut", f"must be A, B or empty, got {self.shortcut!r}")
 
 
-SYNTHETIC_KINDS = ("motion", "subtle")
+SYNTHETIC_KINDS = ("motion", "subtle", "order")
 
 
 @dataclass
 class SyntheticConfig:
     kind: str = _f("motion", "motion: 13 global motions (the embedded default) | subtle: the benchmark set "
-                             "(subtle object motions among distractors, docs/results.md)")
+                             "(subtle object motions among distractors, docs/results.md) | order: up to 12 "
+                             "classes that differ only in the order of two motions (STFN, docs/model.md)")
     num_classes: int = _f(13, "classes (motion: 8 translations, 2 rotations, zoom in/out, static)")
     train_per_class: int = _f(48, "training videos per class")
     val_per_class: int = _f(12, "validation videos per class")
@@ -94,6 +95,8 @@ class SyntheticConfig:
         _check(self.train_per_class >= 1 and self.val_per_class >= 1, "data.synthetic.train_per_class",
                "train_per_class and val_per_class must be >= 1")
         _check(self.num_frames >= 3, "data.synthetic.num_frames", f"must be >= 3, got {self.num_frames}")
+        _check(self.kind != "order" or self.num_frames >= 32, "data.synthetic.num_frames",
+               f"the order kind needs >= 32 frames, got {self.num_frames}")
         _check(self.size >= 16 and self.size % 2 == 0, "data.synthetic.size", f"must be even and >= 16, got {self.size}")
 
 
@@ -261,6 +264,42 @@ class TrainConfig:
 
 
 @dataclass
+class STFNConfig:
+    checkpoint: str = _f("", "DynamoNet checkpoint (run dir, checkpoint dir or .pt; local or s3://) whose clip features "
+                             "STFN fuses; empty = this recipe's DynamoNet, trained first (or reused: a run named "
+                             "<recipe>-dynamonet-<config hash> under run.storage_path)")
+    features: str = _f("", "where the extracted features go (local or s3://); empty = <the checkpoint's run>/features")
+    train_split: str = _f("", "split STFN trains on; empty = data.train_split (without its held-out part)")
+    val_split: str = _f("", "split STFN is validated on; empty = data.val_split (holdout: the held-out part)")
+    width: int = _f(128, "channels of both streams and of the fused sequence (seeds/stfn-summary.txt)")
+    depth: int = _f(2, "Residual Inception blocks per stream before the fusion connection")
+    kernel_sizes: list = _f([1, 3, 5], "temporal widths (in clips) of the parallel convolutions of a Residual "
+                                       "Inception block; odd")
+    dropout: float = _f(0.5, "dropout before STFN's classifier")
+    epochs: int = _f(40, "STFN training epochs")
+    batch_size: int = _f(16, "videos per Train worker per step (padded to the longest, with a mask)")
+    lr: float = _f(0.003, "AdamW learning rate, cosine-decayed to 0 over stfn.epochs")
+    weight_decay: float = _f(0.01, "AdamW weight decay")
+    num_workers: int = _f(1, "Ray Train workers (DDP ranks) of STFN training")
+    extract_actors: int = _f(1, "model replicas scoring clips during feature extraction (Ray Data actors, each "
+                                "placed like a Train worker: train.worker_resources, a GPU with train.use_gpu)")
+
+    def __post_init__(self) -> None:
+        _check(self.width >= 4, "stfn.width", f"must be >= 4, got {self.width}")
+        _check(self.depth >= 0, "stfn.depth", f"must be >= 0, got {self.depth}")
+        _check(bool(self.kernel_sizes) and all(isinstance(k, int) and k >= 1 and k % 2 == 1 for k in self.kernel_sizes),
+               "stfn.kernel_sizes", f"must be a non-empty list of odd integers >= 1, got {self.kernel_sizes!r}")
+        _check(0.0 <= self.dropout < 1.0, "stfn.dropout", f"must be in [0, 1), got {self.dropout}")
+        _check(self.epochs >= 1, "stfn.epochs", f"must be >= 1, got {self.epochs}")
+        _check(self.batch_size >= 1, "stfn.batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.lr > 0, "stfn.lr", f"must be > 0, got {self.lr}")
+        _check(self.weight_decay >= 0, "stfn.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(self.num_workers >= 1, "stfn.num_workers", f"must be >= 1, got {self.num_workers}")
+        _check(self.extract_actors >= 1, "stfn.extract_actors", f"must be >= 1, got {self.extract_actors}")
+        _check(self.train_split != HOLDOUT, "stfn.train_split", f"{HOLDOUT!r} is the validation part; it cannot be trained on")
+
+
+@dataclass
 class RunConfig:
     name: str = _f("", "run name; re-running with the same name resumes it (empty = <recipe>-<time>)")
     storage_path: str = _f("runs", "where checkpoints and logs go: a local directory or s3://bucket/path; on a "
@@ -296,6 +335,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "optimiser"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training"})
     run: RunConfig = field(default_factory=RunConfig, metadata={"help": "run and cluster"})
+    stfn: STFNConfig = field(default_factory=STFNConfig, metadata={"help": "video-level fusion (train_stfn.py)"})
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, YAML/JSON-serialisable dict (the form Ray and checkpoints carry)."""
@@ -323,6 +363,7 @@ class Config:
         d.pop("run")
         d["train"] = {k: v for k, v in d["train"].items() if k not in _PLACEMENT_KEYS["train"]}
         d["data"] = {k: v for k, v in d["data"].items() if k not in _PLACEMENT_KEYS["data"]}
+        d["stfn"] = {k: v for k, v in d["stfn"].items() if k not in _PLACEMENT_KEYS["stfn"]}
         return d
 
 
@@ -330,6 +371,7 @@ _PLACEMENT_KEYS = {
     "train": ("epochs", "log_every", "worker_resources", "cpus_per_worker"),
     "data": ("s3_endpoint", "s3_max_attempts", "cache_dir", "decode_actors", "decode_cpus", "decode_pool",
              "decode_resources", "decode_memory_mb", "decode_max_retries"),
+    "stfn": ("epochs", "extract_actors"),
 }
 
 

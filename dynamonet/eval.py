@@ -54,6 +54,11 @@ def load_for_eval(checkpoint: str, overrides: list[str] | None = None, endpoint:
     return cfg, state
 
 
+def checkpoint_kind(checkpoint: str, endpoint: str = "") -> str:
+    """``dynamonet`` or ``stfn`` (checkpoints written before the field existed are DynamoNet's)."""
+    return str(load_checkpoint(checkpoint, endpoint).get("kind") or "dynamonet")
+
+
 def eval_overrides(sets: list[str], data_root: str = "", endpoint: str = "") -> list[str]:
     """evaluate.py's overrides: every clip of every video (§4.3), the endpoint, ``--set``, ``--data``."""
     return ["data.max_eval_clips=0", *([f"data.s3_endpoint={endpoint}"] if endpoint else []),
@@ -87,14 +92,14 @@ def evaluate_checkpoint(checkpoint: str, *, split: str = "", overrides: list[str
     """
     import ray
 
-    from dynamonet.cluster.runtime import cluster_info, resolve_for_cluster
+    from dynamonet.cluster.runtime import cluster_info
     from dynamonet.data import open_dataset
     from dynamonet.train.ray_train import effective_data, init_ray
 
     cfg, state = load_for_eval(checkpoint, overrides, endpoint)
     init_ray(cfg)
     info = cluster_info()
-    cfg = resolve_for_cluster(cfg, info) if info.multinode else local_placement(cfg)
+    cfg = placement(cfg, info)
     split = eval_split(cfg, split)
     if out_dir is None:
         out_dir = default_out_dir(checkpoint, split)
@@ -136,6 +141,15 @@ def local_placement(cfg: Config) -> Config:
     return cfg.override("train.worker_resources", {}).override("data.decode_resources", {})
 
 
+def placement(cfg: Config, info: Any = None) -> Config:
+    """A checkpoint's config placed on the connected Ray: trainer and decode nodes on a multi-node
+    cluster (:func:`~dynamonet.cluster.runtime.resolve_for_cluster`), no custom resources on one node."""
+    from dynamonet.cluster.runtime import cluster_info, resolve_for_cluster
+
+    info = info or cluster_info()
+    return resolve_for_cluster(cfg, info) if info.multinode else local_placement(cfg)
+
+
 def score_split(state: dict[str, Any], cfg: Config, data: Any, split: str, manifest: Any, class_names: list[str],
                 device: str) -> tuple[dict[str, float], torch.Tensor | None, Any, list[tuple[int, int, int, float]]]:
     """Every clip of ``split`` through the checkpoint's model: ``(metrics, confusion, dataset info,
@@ -169,15 +183,19 @@ def _nan(v: Any) -> bool:
     return isinstance(v, float) and math.isnan(v)
 
 
-def default_out_dir(checkpoint: str, split: str) -> str:
-    """``<run>/eval/<split>`` next to the checkpoint, local or in object storage (split: the one scored)."""
+def run_dir(checkpoint: str) -> str:
+    """The run directory of a checkpoint (run dir, checkpoint dir or .pt), local (absolute) or in object storage."""
     base = checkpoint.split("?", 1)[0].rstrip("/")
     if base.endswith(".pt"):
         base = posixpath.dirname(base) if storage.is_remote(base) else os.path.dirname(os.path.abspath(base))
     elif not storage.is_remote(base):
         base = os.path.abspath(base)
-    name = posixpath.basename(base)
-    run = posixpath.dirname(base) if name.startswith("checkpoint_") else base
+    return posixpath.dirname(base) if posixpath.basename(base).startswith("checkpoint_") else base
+
+
+def default_out_dir(checkpoint: str, split: str) -> str:
+    """``<run>/eval/<split>`` next to the checkpoint, local or in object storage (split: the one scored)."""
+    run = run_dir(checkpoint)
     return storage.join_uri(run, "eval", split or "val") if storage.is_remote(run) else os.path.join(run, "eval",
                                                                                                      split or "val")
 
@@ -192,7 +210,7 @@ def write_reports(result: dict[str, Any], confusion: torch.Tensor | None, class_
             json.dump({k: v for k, v in result.items() if k != "predictions"}, fh, indent=2)
         if predictions:
             with open(os.path.join(tmp, "predictions.csv"), "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=["video_id", "label", "predicted", "score"])
+                writer = csv.DictWriter(fh, fieldnames=list(predictions[0]))
                 writer.writeheader()
                 writer.writerows({**p, "score": f"{p['score']:.6f}"} for p in predictions)
         if confusion is not None:

@@ -48,8 +48,11 @@ from dynamonet.config import Config, load_config
 
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
 SCHEDULERS = ("asha", "none")
-SPACE_KEYS = {"name", "recipe", "metric", "mode", "num_samples", "max_concurrent", "max_failures", "scheduler", "set",
-              "params", "description"}
+SPACE_KEYS = {"name", "recipe", "pipeline", "metric", "mode", "num_samples", "max_concurrent", "max_failures",
+              "scheduler", "set", "params", "description"}
+# What a trial trains: joint (train_joint.py / pretrain.py) or stfn (train_stfn.py: STFN on the
+# features of one DynamoNet, trained and extracted once by the driver before the trials start).
+PIPELINES = ("joint", "stfn")
 # Swept keys that repeat a configuration instead of defining one: the reports aggregate over them.
 SEED_KEYS = ("train.seed",)
 # Student-t two-sided 95 % quantiles t_{0.975, df} for df = 1..30, to 3 decimals, as in the standard
@@ -64,6 +67,7 @@ T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
 class SweepSpace:
     name: str
     recipe: str
+    pipeline: str = "joint"
     metric: str = "val/top1"
     mode: str = "max"
     num_samples: int = 1
@@ -95,6 +99,15 @@ def load_space(path: str, overrides: list[str] | None = None) -> tuple[SweepSpac
     space = SweepSpace(**{"name": os.path.splitext(os.path.basename(path))[0], "recipe": "embedded", **raw})
     if space.mode not in ("max", "min"):
         raise ValueError(f"{path}: mode must be max or min, got {space.mode!r}")
+    if space.pipeline not in PIPELINES:
+        raise ValueError(f"{path}: pipeline must be {' or '.join(PIPELINES)}, got {space.pipeline!r}")
+    if space.pipeline == "stfn":  # one DynamoNet and one feature set serve every trial
+        fixed_keys = [k for k in space.params if not k.startswith("stfn.") and k not in SEED_KEYS]
+        if fixed_keys or any(k in space.params for k in ("stfn.checkpoint", "stfn.features")):
+            bad = fixed_keys[0] if fixed_keys else "stfn.checkpoint" if "stfn.checkpoint" in space.params \
+                else "stfn.features"
+            raise ValueError(f"{path}: params.{bad}: an stfn sweep varies STFN only (stfn.* and train.seed); "
+                             "the DynamoNet and its features are shared by every trial")
     if not space.params:
         raise ValueError(f"{path}: params is empty: nothing to sweep")
     _check_scheduler(path, space.scheduler)
@@ -127,9 +140,16 @@ def _anchor_paths(space: SweepSpace, base: Config) -> tuple[SweepSpace, Config]:
     return space, base.override("run.init_from", init) if init != base.run.init_from else base
 
 
-def reported_metrics(cfg: Config) -> set[str]:
+def reported_metrics(cfg: Config, pipeline: str = "joint") -> set[str]:
     """Metric keys every report of a run with ``cfg`` carries (validation metrics are carried from
-    the latest validation into every report, see dynamonet/train/worker.py)."""
+    the latest validation into every report, see dynamonet/train/worker.py and dynamonet/train/stfn.py)."""
+    if pipeline == "stfn":
+        from dynamonet.train.stfn import stfn_splits
+
+        keys = {"epoch", "train/loss", "train/top1", "lr", "perf/videos_per_s"}
+        if stfn_splits(cfg)[1]:
+            keys |= {"val/top1", "val/top5", "val/loss", "val/clip_mean_top1", "val/clip_mean_top5", "val/videos"}
+        return keys
     keys = {"epoch", "train/loss", "train/loss_fp", "train/loss_ce", "lr", "perf/clips_per_s"}
     if cfg.model.mode != "pretrain":
         keys.add("train/top1")
@@ -146,11 +166,11 @@ def _check_metric(path: str, space: SweepSpace, base: Config) -> None:
     modes = {base.model.mode, *swept_modes}
     for mode in modes:
         cfg = base.override("model.mode", mode)
-        if space.metric not in reported_metrics(cfg):
+        if space.metric not in reported_metrics(cfg, space.pipeline):
             why = ("there is no validation split (data.val_split is empty)" if not cfg.data.val_split and
                    space.metric.startswith("val/") else f"model.mode={mode} does not report it")
             raise ValueError(f"{path}: metric {space.metric!r}: trials would not report it ({why}); "
-                             f"choose one of {', '.join(sorted(reported_metrics(cfg)))}")
+                             f"choose one of {', '.join(sorted(reported_metrics(cfg, space.pipeline)))}")
 
 
 def _yaml(v: Any) -> str:
@@ -226,6 +246,15 @@ def train_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
     from dynamonet.train.ray_train import HPARAM_KEYS, build_trainer, prepare_run, run_hparams
 
     cfg = trial_config(config, base, tune.get_context().get_trial_id())
+    if config.get("pipeline") == "stfn":
+        from dynamonet.train.stfn import STFN_HPARAM_KEYS, build_stfn_trainer, prepare_stfn_run
+
+        stfn = prepare_stfn_run(cfg)  # the DynamoNet and the features exist (run_sweep made them): reused
+        hparams = run_hparams(stfn.cfg, tuple(dict.fromkeys([*config["params"], *STFN_HPARAM_KEYS])))
+        result = build_stfn_trainer(stfn, callbacks=[TuneReportCallback()], hparams=hparams).fit()
+        if result.error is not None:
+            raise result.error
+        return
     spec = prepare_run(cfg)
     spec.hparams = run_hparams(spec.cfg, tuple(dict.fromkeys([*config["params"], *HPARAM_KEYS])))
     result = build_trainer(spec, callbacks=[TuneReportCallback()]).fit()
@@ -255,6 +284,10 @@ def run_sweep(space: SweepSpace, base: Config, *, resume: bool = False, force: b
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     base = connect_for_cluster(base)  # a multi-node cluster: storage under DYNAMONET_STORAGE
     init_ray(base)
+    if space.pipeline == "stfn":  # train (or reuse) the DynamoNet and extract its features once, for every trial
+        from dynamonet.train.stfn import prepare_features
+
+        base = prepare_features(base)[0]
     endpoint = base.data.s3_endpoint
     fs, root = storage.resolve_filesystem(base.run.storage_path, endpoint)
     remote = storage.is_remote(base.run.storage_path)
@@ -268,7 +301,7 @@ def run_sweep(space: SweepSpace, base: Config, *, resume: bool = False, force: b
     current = yaml.safe_dump({"space": space.__dict__, "base": base.fingerprint()}, sort_keys=True)
     # the trainer's workers hold the real resources; the base config travels once, not per trial
     trainable = tune.with_resources(tune.with_parameters(train_trial, base=base.to_dict()), {"cpu": 0.01})
-    param_space = tune_param_space(space, trials_uri(storage_root, space.name))
+    param_space = {**tune_param_space(space, trials_uri(storage_root, space.name)), "pipeline": space.pipeline}
     if stored is not None and tune.Tuner.can_restore(tune_path, storage_filesystem=tune_fs):
         if stored != current and not force:
             raise ValueError(f"--name: sweep {space.name!r} exists with a different space or base config; "
@@ -313,7 +346,7 @@ def _scheduler(space: SweepSpace, base: Config, grace_period: int | None) -> Any
         return FIFOScheduler()
     if kind != "asha":
         raise ValueError(f"scheduler.type: unknown scheduler {kind!r} (asha or none)")
-    epochs = base.train.epochs
+    epochs = base.stfn.epochs if space.pipeline == "stfn" else base.train.epochs
     return ASHAScheduler(time_attr="epoch", max_t=epochs,
                          grace_period=min(epochs, grace_period or int(sched.get("grace_period", 1))),
                          reduction_factor=float(sched.get("reduction_factor", 2)))
@@ -333,8 +366,12 @@ def results_table(grid: Iterable[Any], space: SweepSpace) -> Any:
     return df.sort_values(space.metric, ascending=space.mode == "min", na_position="last").reset_index(drop=True)
 
 
+# the second number of a trial's row: frame prediction for DynamoNet, the clip mean for STFN
+SIDE_METRIC = {"joint": "val/fp_ssim", "stfn": "val/clip_mean_top1"}
+
+
 def _columns(space: SweepSpace) -> list[str]:
-    return ["trial", *space.params, space.metric, f"best {space.metric}", "val/top5", "val/fp_ssim",
+    return ["trial", *space.params, space.metric, f"best {space.metric}", "val/top5", SIDE_METRIC[space.pipeline],
             "train/loss", "epochs", "status"]
 
 
@@ -346,7 +383,7 @@ def _trial_row(r: Any, space: SweepSpace) -> dict[str, Any]:
     row.update({k: params.get(k) for k in space.params})
     row.update({space.metric: m.get(space.metric, float("nan")),
                 f"best {space.metric}": best_of(r.metrics_dataframe, space.metric, space.mode),
-                "val/top5": m.get("val/top5"), "val/fp_ssim": m.get("val/fp_ssim"),
+                "val/top5": m.get("val/top5"), SIDE_METRIC[space.pipeline]: m.get(SIDE_METRIC[space.pipeline]),
                 "train/loss": m.get("train/loss"), "epochs": m.get("epoch", 0),
                 "status": "error" if r.error else "done"})
     return row

@@ -1,9 +1,12 @@
 """Evaluate DynamoNet checkpoints: video-level top-1/top-5 (mean of every non-overlapping clip's
 scores, centre crop; paper §4.3), clip accuracy, per-class accuracy, a confusion-matrix PNG, and
-frame-prediction SSIM/PSNR next to the copy-last-frame baseline (paper Tab. 3).
+frame-prediction SSIM/PSNR next to the copy-last-frame baseline (paper Tab. 3). An STFN checkpoint
+(train_stfn.py) is scored beside the clip mean of its DynamoNet on the same videos: the split's
+clip features are extracted (or reused) once, and both read them.
 
     python pipelines/evaluate.py --checkpoint runs/embedded-joint-20261123-120000
     python pipelines/evaluate.py --checkpoint RUN_SPLIT1 --checkpoint RUN_SPLIT2 --checkpoint RUN_SPLIT3 --split test
+    python pipelines/evaluate.py --checkpoint runs/embedded_stfn-stfn-20261205-120000   # STFN and the clip mean
 
 A checkpoint is a run directory (its latest epoch), a checkpoint_epochNNNN directory or a
 checkpoint.pt file, local or s3://. With several, each is evaluated on the dataset of its own
@@ -43,15 +46,20 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.data and len(args.data) != len(args.checkpoint):
         fail("--data: give it once per --checkpoint")
-    from dynamonet.eval import eval_overrides, evaluate_checkpoint, mean_over_splits
+    from dynamonet.eval import checkpoint_kind, eval_overrides, evaluate_checkpoint, mean_over_splits
+    from dynamonet.train.stfn import evaluate_stfn
 
     results = []
     try:
         for i, ckpt in enumerate(args.checkpoint):
             overrides = eval_overrides(args.set, args.data[i] if args.data else "", args.s3_endpoint)
             out = args.out and (os.path.join(args.out, f"split{i + 1}") if len(args.checkpoint) > 1 else args.out)
-            r = evaluate_checkpoint(ckpt, split=args.split, overrides=overrides, device=args.device,
-                                    batch_size=args.batch_size, out_dir=out or None, endpoint=args.s3_endpoint)
+            if checkpoint_kind(ckpt, args.s3_endpoint) == "stfn":
+                r = evaluate_stfn(ckpt, split=args.split, device=args.device, endpoint=args.s3_endpoint,
+                                  out_dir=out or None, overrides=overrides)
+            else:
+                r = evaluate_checkpoint(ckpt, split=args.split, overrides=overrides, device=args.device,
+                                        batch_size=args.batch_size, out_dir=out or None, endpoint=args.s3_endpoint)
             print(json.dumps({k: r[k] for k in ("checkpoint", "split", "num_videos", "num_clips", "clips_per_video",
                                                 "metrics")}, indent=1))
             results.append(r)
@@ -61,8 +69,11 @@ def main(argv=None) -> int:
     if len(results) > 1:
         print(json.dumps({"mean_over_splits": mean}, indent=1))
     clips = sum(r["clips_per_video"] for r in results) / len(results)
-    print("EVAL " + " ".join(f"{k.split('/', 1)[1]}={mean[k]:.4f}" for k in
-                             ("eval/top1", "eval/top5", "eval/clip_top1", "eval/fp_ssim", "eval/copy_last_ssim")
+    stfn = "eval/stfn_top1" in mean  # then eval/top1 is the clip mean of the same videos
+    names = {"eval/top1": "clip_mean_top1", "eval/top5": "clip_mean_top5"} if stfn else {}
+    print("EVAL " + " ".join(f"{names.get(k, k.split('/', 1)[1])}={mean[k]:.4f}" for k in
+                             ("eval/stfn_top1", "eval/top1", "eval/stfn_top5", "eval/top5", "eval/clip_top1",
+                              "eval/fp_ssim", "eval/copy_last_ssim")
                              if k in mean) + f" clips_per_video={clips:.1f}", flush=True)
     return 0
 

@@ -11,7 +11,7 @@ from dynamonet.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {"embedded", "embedded_pretrain", "pretrain", "kinetics400", "kinetics400_32f", "kinetics400_64f", "ucf101",
-           "hmdb51", "subtle", "subtle_pretrain"}
+           "hmdb51", "subtle", "subtle_pretrain", "embedded_stfn"}
 
 
 def parse(argv, recipe="embedded"):

@@ -14,7 +14,8 @@ import sys
 sys.modules["ray"] = None  # any `import ray` now raises ImportError
 import dynamonet.models, dynamonet.losses
 import dynamonet.models.summary, dynamonet.models.stfn
-import dynamonet.data.synthetic, dynamonet.data.synthetic_subtle, dynamonet.data.subset, dynamonet.data.sampling
+import dynamonet.data.synthetic, dynamonet.data.synthetic_subtle, dynamonet.data.synthetic_order
+import dynamonet.data.subset, dynamonet.data.sampling, dynamonet.features
 model = dynamonet.models.build_model("r3d_tiny", clip_len=2, num_classes=2)
 assert not any(m == "ray" or m.startswith("ray.") for m in sys.modules if sys.modules[m] is not None)
 print("ok")

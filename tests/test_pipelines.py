@@ -186,6 +186,90 @@ def _assert_png(path: Path) -> None:
     assert img.ndim == 3 and img.shape[0] >= 100 and img.shape[1] >= 100 and float(img[..., :3].std()) > 0.01
 
 
+def test_stfn_on_the_features_of_the_trained_run(trained, dirs, ray_head):
+    """train_stfn.py on the shared run: its clip features (the Ray Data job; checked against the
+    model run here on the same clips, decoded without Ray), STFN on 2 DDP workers, resumed with more
+    epochs (features reused), refused with a changed config, then evaluate.py on the STFN run: the
+    clip mean it prints beside STFN is the run's own §4.3 validation of that checkpoint."""
+    from dynamonet.config import Config
+    from dynamonet.features import collate, read_features
+    from dynamonet.models import build_model_from_config
+    from dynamonet.train.engine import prepare_batch
+
+    _, run_dir = trained
+    runs, env = dirs["runs"], ray_head.client_env()
+    args = [f"--stfn.checkpoint={run_dir}", f"--run.storage_path={runs}", "--name", "stfn-e2e", "--stfn.width=8",
+            "--stfn.depth=1", "--stfn.batch_size=16", "--stfn.num_workers=2"]
+    p = run(pipeline("train_stfn.py", *args, "--stfn.epochs=2"), env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    last = p.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"DONE run=stfn-e2e epochs=2 split=val videos=12 stfn_top1=\d\.\d{4} "
+                        r"clip_mean_top1=(\d\.\d{4}) wall_time=\d+\.\ds", last), last
+    state = torch.load(run_dir / "checkpoint_epoch0004" / "checkpoint.pt", weights_only=True)  # the latest
+    assert float(last.split("clip_mean_top1=")[1].split()[0]) == pytest.approx(state["metrics"]["val/top1"], abs=1e-4)
+    metas = {s: json.loads((run_dir / "features" / s / "features.json").read_text()) for s in ("train", "val")}
+    assert (metas["train"]["num_videos"], metas["val"]["num_videos"], metas["val"]["epoch"]) == (192, 12, 4)
+
+    # the features are the model's AR, DMR and logits on every evaluation clip
+    cfg = Config.from_dict(state["config"])
+    clips = _eval_clips(dirs, cfg, "val")
+    model = build_model_from_config(cfg, 4)
+    model.load_state_dict(state["model"])
+    batch = prepare_batch({k: torch.as_tensor(clips[k]) for k in ("clip", "label", "status", "video_index")},
+                          torch.device("cpu"))
+    with torch.no_grad():
+        ar, dmr = model.eval().extract_features(batch.x)
+        logits = model.classify(ar, dmr)
+    table = read_features(str(run_dir / "features" / "val"))
+    feats, row = collate(table), {v: i for i, v in enumerate(table.column("video_index").to_pylist())}
+    assert int(feats.mask.sum()) == len(clips["clip"]) == metas["val"]["num_clips"]
+    for k, (v, c) in enumerate(zip(clips["video_index"], clips["clip_index"], strict=True)):
+        i = row[int(v)]
+        for got, want in ((feats.ar, ar), (feats.dmr, dmr), (feats.logits, logits)):
+            torch.testing.assert_close(got[i, int(c)], want[k], atol=1e-4, rtol=1e-4)
+
+    q = run(pipeline("train_stfn.py", *args, "--stfn.epochs=3"), env)
+    assert q.returncode == 0 and "resuming 'stfn-e2e' from epoch 2" in q.stdout, q.stderr[-3000:]
+    assert "[features] train: reusing" in q.stdout and "[features] val: reusing" in q.stdout
+    result = json.loads((runs / "stfn-e2e" / "result.json").read_text())
+    assert result["metrics"]["epoch"] == 3 and result["metrics"]["run/resumed_from_epoch"] == 2
+    assert checkpoint_epochs(runs / "stfn-e2e") == [2, 3]
+    refused = run(pipeline("train_stfn.py", *args, "--stfn.epochs=3", "--stfn.width=16"), env, timeout=120)
+    errors = [ln for ln in refused.stderr.splitlines() if ln.startswith("error:")]
+    assert refused.returncode == 2 and len(errors) == 1, refused.stderr[-2000:]
+    assert "run 'stfn-e2e' already exists with a different config" in errors[0] and "stfn.width: 8 -> 16" in errors[0]
+
+    e = run(pipeline("evaluate.py", "--checkpoint", str(runs / "stfn-e2e")), env)
+    assert e.returncode == 0, e.stderr[-3000:]
+    line = [ln for ln in e.stdout.splitlines() if ln.startswith("EVAL ")][-1]
+    m = re.fullmatch(r"EVAL stfn_top1=(\S+) clip_mean_top1=(\S+) stfn_top5=\S+ clip_mean_top5=\S+ clips_per_video=1\.0", line)
+    assert m and float(m.group(2)) == pytest.approx(state["metrics"]["val/top1"], abs=1e-4), line
+    reports = runs / "stfn-e2e" / "eval" / "val"
+    assert (reports / "predictions.csv").read_text().splitlines()[0] == \
+        "video_id,label,predicted,score,clip_mean_predicted"
+    stored = json.loads((reports / "metrics.json").read_text())["metrics"]
+    assert stored["eval/stfn_top1"] == pytest.approx(float(m.group(1)), abs=5e-5)
+    _assert_png(reports / "confusion_matrix.png")
+
+
+def _eval_clips(dirs: dict, cfg, split: str) -> dict:
+    """Every evaluation clip of ``split`` (centre crop), decoded here without Ray from the shards."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dynamonet.data.decode import ClipDecoder
+    from dynamonet.data.shards import read_manifest
+
+    manifest = read_manifest(str(next((Path(dirs["cache"]) / "synthetic").glob("synthetic-*"))))
+    table = pa.concat_tables([pq.read_table(u) for u in manifest.shard_uris(split)])
+    decode = ClipDecoder(clip_len=cfg.data.clip_len, frame_stride=cfg.data.frame_stride, crop_size=cfg.data.crop_size,
+                         resize_short=cfg.data.resize_short, training=False)
+    out = decode({c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names})
+    assert (np.asarray(out["status"]) == 0).all()
+    return out
+
+
 def test_bad_configuration_fails_fast_with_one_line(trained, dirs, ray_head, s3_server, closed_port):
     root = str(next((Path(dirs["cache"]) / "synthetic").glob("synthetic-*")))
     closed = f"http://127.0.0.1:{closed_port}"

@@ -411,7 +411,7 @@ def _split_key(cfg: DataConfig, split: str) -> str:
 
 
 def build_clip_dataset(cfg: DataConfig, split: str, *, training: bool, num_consumers: int = 1,
-                       manifest: Manifest | None = None, seed: int | None = None
+                       manifest: Manifest | None = None, seed: int | None = None, training_videos: bool = False
                        ) -> tuple[ray.data.Dataset, ClipDatasetInfo]:
     """A Ray Dataset of clip rows for ``split`` (see the module docstring and docs/data.md).
 
@@ -423,6 +423,8 @@ def build_clip_dataset(cfg: DataConfig, split: str, *, training: bool, num_consu
             padded to a multiple of it.
         manifest: from :func:`open_dataset` (read again if None).
         seed: base seed of the sampling (None = random).
+        training_videos: an evaluation stream (every clip, centre crop) of the videos the training
+            stream of ``split`` reads (STFN's training features: the split minus its held-out part).
 
     With ``cfg.label_fraction`` < 1 or ``cfg.holdout_fraction`` > 0, the training stream of
     ``cfg.train_split`` decodes only the videos of :func:`select_stream_videos` (paper Table 2; the
@@ -441,7 +443,7 @@ def build_clip_dataset(cfg: DataConfig, split: str, *, training: bool, num_consu
     info = manifest.splits[cfg.source_split(split)]
     seed = secrets.randbits(31) if seed is None else seed
     clip_shape = (cfg.clip_len + 1, cfg.crop_size, cfg.crop_size, 3)
-    subset = select_stream_videos(cfg, manifest, split, training)
+    subset = select_stream_videos(cfg, manifest, split, training or training_videos)
     num_videos = subset.num_videos if subset is not None else info.num_videos
     num_clips = _num_clips(cfg, subset.frame_counts if subset is not None else info.frame_counts, training, num_videos)
     flip_map = manifest.flip_label_map() if training and cfg.hflip else None

@@ -3,7 +3,7 @@
 DynamoNet learns motion by predicting the next frame with dynamic filters (paper §3.1) and
 classifies with the motion (DMR) and appearance (AR) features (§3.2). These datasets make the
 class a function of the motion only, so a network must use the frames' dynamics to solve them.
-``SyntheticConfig.kind`` picks one of two kinds.
+``SyntheticConfig.kind`` picks one of three kinds.
 
 ``motion`` (the embedded default): 13 global motions of a random canvas.
 
@@ -19,6 +19,13 @@ class a function of the motion only, so a network must use the frames' dynamics 
 classes of one object's motion relative to a panning background, among distractor objects
 moving at similar speeds: right/left slow and fast, up/down slow, horizontal/vertical shake,
 horizontal zigzag, still (see :mod:`dynamonet.data.synthetic_subtle`).
+
+``order`` (a benchmark for video-level temporal fusion, STFN over a video's clips): up to 12
+classes, the ordered pairs of two different global translations of a random canvas separated by
+a static gap (right then left, left then right, ..., up then right). Every window shorter than the
+gap shows at most one motion, so a mean of clip scores is at chance between a class and its
+reverse; only the clip sequence tells them apart. Video lengths vary (``num_frames`` >= 32 is the
+longest; see :mod:`dynamonet.data.synthetic_order`).
 
 Appearance is drawn independently of the class, so a single frame carries no class information.
 A horizontal flip turns "right" into "left" and "cw" into "ccw", so the manifest declares
@@ -67,8 +74,10 @@ def class_names(num_classes: int, kind: str = "motion") -> list[str]:
         names: tuple[str, ...] = MOTIONS
     elif kind == "subtle":
         from dynamonet.data.synthetic_subtle import SUBTLE_CLASSES as names
+    elif kind == "order":
+        from dynamonet.data.synthetic_order import ORDER_CLASSES as names
     else:
-        raise ValueError(f"data.synthetic.kind: unknown kind {kind!r}; choose from motion, subtle")
+        raise ValueError(f"data.synthetic.kind: unknown kind {kind!r}; choose from motion, subtle, order")
     if num_classes > len(names):
         raise ValueError(f"data.synthetic.num_classes: the {kind} kind has {len(names)} classes, "
                          f"choose 2..{len(names)}, got {num_classes}")
@@ -188,6 +197,8 @@ def _write_class(cfg: SyntheticConfig, out_dir: str, split_id: int, split: str, 
     name = class_names(cfg.num_classes, cfg.kind)[class_id]
     if cfg.kind == "subtle":
         from dynamonet.data.synthetic_subtle import render_subtle as render
+    elif cfg.kind == "order":   # n varies per video (<= num_frames): gop=num_frames is one keyframe
+        from dynamonet.data.synthetic_order import render_order as render
     else:
         render = render_video
     folder = os.path.join(out_dir, split, name)
@@ -234,12 +245,16 @@ def mirror_label_map(names: list[str]) -> list[int] | None:
 
 def dataset_key(cfg: SyntheticConfig) -> str:
     """Cache key: a hash of the config, the generator version and the transcode settings (and, for
-    the subtle kind, its difficulty constants)."""
+    the subtle and order kinds, their knob constants)."""
     parts: list[object] = [asdict(cfg), GENERATOR_VERSION, asdict(transcode_settings(cfg))]
     if cfg.kind == "subtle":
         from dynamonet.data.synthetic_subtle import subtle_knobs
 
         parts.append(subtle_knobs())
+    elif cfg.kind == "order":
+        from dynamonet.data.synthetic_order import order_knobs
+
+        parts.append(order_knobs())
     blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -119,8 +119,7 @@ class DynamoNet(nn.Module):
             return DynamoOutput(None, apply_dynamic_filters(x, filters), filters)
         filters, ar = self._branches(feats)
         pred = apply_dynamic_filters(x, filters)  # raw [0, 1] frames t → predictions of t+1
-        rep = torch.cat([ar, self.dmr(filters)], dim=1)  # (B, ar_dim + dmr_dim)
-        return DynamoOutput(self.classifier(rep), pred, filters)
+        return DynamoOutput(self.classify(ar, self.dmr(filters)), pred, filters)
 
     def _branches(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """joint/no_fp: features → (filters ``(B, T, s, s)``, AR ``(B, ar_dim)``) via the shared convs."""
@@ -138,6 +137,11 @@ class DynamoNet(nn.Module):
         self._check_input(x)
         filters, ar = self._branches(self.backbone((x - self.mean) / self.std))
         return ar, self.dmr(filters)
+
+    def classify(self, ar: torch.Tensor, dmr: torch.Tensor) -> torch.Tensor:
+        """Class scores ``(B, num_classes)`` of clip-level AR ``(B, ar_dim)`` and DMR ``(B, dmr_dim)``
+        (§3.2: the two representations concatenated, then the classifier)."""
+        return self.classifier(torch.cat([ar, dmr], dim=1))  # (B, ar_dim + dmr_dim) → (B, num_classes)
 
     def head_parameter_names(self) -> list[str]:
         """Names of the parameters whose shape depends on ``num_classes`` (empty in ``pretrain``)."""

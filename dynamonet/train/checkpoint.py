@@ -3,7 +3,8 @@
 A checkpoint directory holds ``checkpoint.pt``, a dict of tensors and plain values only:
 ``model`` (state dict, no DDP prefix), ``optimizer``, ``schedule``, ``scaler``, ``epoch``
 (completed epochs), ``step``, ``config`` (the resolved config dict), ``class_names`` and
-``metrics`` and ``transcode`` (the dataset's canonical video format). No pickled Python objects, so loading a checkpoint from someone else can not run code.
+``metrics``, ``transcode`` (the dataset's canonical video format) and ``kind`` (``dynamonet``, or
+``stfn`` for a video-level fusion network). No pickled Python objects, so loading a checkpoint from someone else can not run code.
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def save_checkpoint(directory: str, *, model: nn.Module, optimizer: torch.optim.Optimizer | None,
                     schedule: Any, scaler: Any, epoch: int, step: int, config: dict[str, Any],
-                    class_names: list[str], metrics: dict[str, float], transcode: dict | None = None) -> str:
+                    class_names: list[str], metrics: dict[str, float], transcode: dict | None = None,
+                    kind: str = "dynamonet") -> str:
     """Write ``checkpoint.pt`` into a local ``directory`` and return its path."""
     os.makedirs(directory, exist_ok=True)
     state = {
         "format_version": 1,
+        "kind": kind,  # dynamonet | stfn (video-level fusion, dynamonet/train/stfn.py)
         "model": unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "schedule": schedule.state_dict() if schedule is not None else None,

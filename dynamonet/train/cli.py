@@ -1,4 +1,5 @@
-"""Shared ``main`` of the training entry points (``pipelines/train_joint.py``, ``pipelines/pretrain.py``).
+"""Shared ``main`` of the training entry points (``pipelines/train_joint.py``, ``pipelines/pretrain.py``,
+``pipelines/train_stfn.py``).
 
 Parses the recipe and flags (:mod:`dynamonet.cli`), runs :func:`dynamonet.train.ray_train.run_training`
 and prints the final line. Configuration problems exit with status 2 and one ``error:`` line before
@@ -9,9 +10,11 @@ traceback.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from dynamonet.cli import build_parser, fail, parse_config
+from dynamonet.config import Config
 
 EPILOG = """examples:
   %(prog)s                                        # the embedded default (local Ray, synthetic data, CPU)
@@ -23,16 +26,24 @@ EPILOG = """examples:
 
 
 def train_main(argv: Sequence[str] | None, *, description: str, default_recipe: str,
-               mode: str | None = None) -> int:
-    """Run one training job from the command line; returns the process exit code."""
-    parser = build_parser(description, default_recipe, epilog=EPILOG)
+               mode: str | None = None, epilog: str = EPILOG,
+               job: tuple[Callable[[Config], dict[str, Any]], Callable[[dict[str, Any]], str]] | None = None) -> int:
+    """Run one training job from the command line; returns the process exit code.
+
+    ``job`` is ``(run, final_line)``: DynamoNet's :func:`~dynamonet.train.ray_train.run_training`
+    by default (train_stfn.py passes STFN's)."""
+    parser = build_parser(description, default_recipe, epilog=epilog)
     args, cfg = parse_config(parser, argv)
     if mode is not None and cfg.model.mode != mode:
         cfg = cfg.override("model.mode", mode)
-    from dynamonet.train.ray_train import final_line, run_training
+    if job is None:
+        from dynamonet.train.ray_train import final_line, run_training
+
+        job = (run_training, final_line)
+    run, final_line = job
 
     try:
-        result = run_training(cfg)
+        result = run(cfg)
     except ValueError as e:
         if os.environ.get("DYNAMONET_DEBUG"):
             raise

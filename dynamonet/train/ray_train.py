@@ -377,22 +377,23 @@ def build_trainer(spec: RunSpec, callbacks: list | None = None, name: str | None
     )
 
 
-def ingest_config(cfg: Config) -> Any:
+def ingest_config(cfg: Config, split: str | list[str] = "all") -> Any:
     """How Train splits the clip streams over its workers. ``train.deterministic`` keeps Ray Data's
     block order (``preserve_order``): the splitter hands each block to the worker that has received
     the fewest rows so far, so with blocks in a fixed order every worker gets the same rows in
     the same order in every run (locality hints are dropped, which only matters across nodes).
-    Without it blocks go out as decode tasks finish, which differs from run to run."""
+    Without it blocks go out as decode tasks finish, which differs from run to run. ``split``: the
+    datasets split over the workers (the others reach every worker whole)."""
     import copy
 
     import ray.data
     import ray.train
 
     if not cfg.train.deterministic:
-        return ray.train.DataConfig()
+        return ray.train.DataConfig(datasets_to_split=split)
     options = copy.deepcopy(ray.data.DataContext.get_current().execution_options)
     options.preserve_order = True
-    return ray.train.DataConfig(execution_options=options, enable_shard_locality=False)
+    return ray.train.DataConfig(datasets_to_split=split, execution_options=options, enable_shard_locality=False)
 
 
 def run_training(cfg: Config) -> dict[str, Any]:
