@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 import torch
 
 from dynamonet import storage
+from dynamonet.config import HOLDOUT
 
 MANIFEST = "features.json"
 VIDEOS = "videos"
@@ -48,6 +49,9 @@ FORMAT = "dynamonet-clip-features"
 VERSION = 1
 # the clip settings a feature set depends on besides the checkpoint (a change means a new extraction)
 CLIPS_PER_PARTITION = 20_000  # scored clips per groupby partition (~115 MB at Kinetics' 512 + 512 + 400 floats)
+# the data settings that choose the videos of a training-videos or holdout set
+SELECT_KEYS = ("train_split", "holdout_fraction", "holdout_by", "holdout_seed", "label_fraction", "label_subset",
+               "label_seed")
 CLIP_KEYS = ("clip_len", "frame_stride", "crop_size", "resize_short", "max_eval_clips")
 
 
@@ -310,7 +314,9 @@ def extract_features(checkpoint: str, split: str, out: str = "", *, overrides: l
     source = resolve_checkpoint(checkpoint, endpoint)
     meta = {"format": FORMAT, "version": VERSION, "checkpoint": source, "epoch": int(state.get("epoch") or 0),
             "split": split, "training_videos": training_videos, "data_root": data.root,
-            "clip": {k: getattr(data, k) for k in CLIP_KEYS}, "class_names": class_names,
+            "clip": {k: getattr(data, k) for k in CLIP_KEYS},
+            "videos": {k: getattr(data, k) for k in SELECT_KEYS} if training_videos or split == HOLDOUT else {},
+            "class_names": class_names,
             "ar_dim": cfg.model.ar_dim, "dmr_dim": cfg.model.dmr_dim, "num_classes": len(class_names)}
     out = out or features_uri(default_features_dir(checkpoint), split)
     fs, out_path = storage.resolve_filesystem(out, endpoint or cfg.data.s3_endpoint)
@@ -320,8 +326,12 @@ def extract_features(checkpoint: str, split: str, out: str = "", *, overrides: l
             print(f"[features] {split}: reusing {old['num_videos']} videos, {old['num_clips']} clips at {out}",
                   flush=True)
             return {**old, "uri": out, "reused": True}
-    if storage.exists(fs, out_path):  # a stale or partial set: replace it whole
-        fs.delete_dir_contents(out_path, missing_dir_ok=True)
+    for stale in (posixpath.join(out_path, MANIFEST), posixpath.join(out_path, VIDEOS)):  # a set replaced whole
+        kind = fs.get_file_info(stale).type
+        if kind == storage.pafs.FileType.File:
+            fs.delete_file(stale)
+        elif kind == storage.pafs.FileType.Directory:
+            fs.delete_dir(stale)
     ds, info = build_clip_dataset(replace_batch(data, batch_size), split, training=False, manifest=manifest,
                                   training_videos=training_videos)
     print(f"[features] {split}: {info.num_videos} videos → {info.num_clips} clips, {actors} scorer(s) on {device}, "

@@ -102,11 +102,10 @@ def load_space(path: str, overrides: list[str] | None = None) -> tuple[SweepSpac
     if space.pipeline not in PIPELINES:
         raise ValueError(f"{path}: pipeline must be {' or '.join(PIPELINES)}, got {space.pipeline!r}")
     if space.pipeline == "stfn":  # one DynamoNet and one feature set serve every trial
-        fixed_keys = [k for k in space.params if not k.startswith("stfn.") and k not in SEED_KEYS]
-        if fixed_keys or any(k in space.params for k in ("stfn.checkpoint", "stfn.features")):
-            bad = fixed_keys[0] if fixed_keys else "stfn.checkpoint" if "stfn.checkpoint" in space.params \
-                else "stfn.features"
-            raise ValueError(f"{path}: params.{bad}: an stfn sweep varies STFN only (stfn.* and train.seed); "
+        shared = [k for k in space.params if k in ("stfn.checkpoint", "stfn.features")
+                  or not (k.startswith("stfn.") or k in SEED_KEYS)]
+        if shared:
+            raise ValueError(f"{path}: params.{shared[0]}: an stfn sweep varies STFN only (stfn.* and train.seed); "
                              "the DynamoNet and its features are shared by every trial")
     if not space.params:
         raise ValueError(f"{path}: params is empty: nothing to sweep")
@@ -263,7 +262,8 @@ def train_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
 
 
 def best_recipe(space: SweepSpace, base: Config, params: dict[str, Any]) -> dict[str, Any]:
-    """A recipe for ``train_joint.py --config`` with the best trial's values (a fresh run name)."""
+    """A recipe for ``train_joint.py --config`` (``train_stfn.py`` for an stfn sweep) with the best
+    trial's values (a fresh run name)."""
     cfg = base
     for key, value in params.items():
         cfg = cfg.override(key, value if isinstance(value, str) else _yaml(value))

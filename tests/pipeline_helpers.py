@@ -55,7 +55,7 @@ class RayHead:
         """SIGTERM to `ray start --block` (it stops its own processes), SIGKILL to the group after."""
         try:
             self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(15)
+            self.proc.wait(5)  # an idle head stops in about 2 s; one still busy gets SIGKILL below
         except (ProcessLookupError, subprocess.TimeoutExpired):
             pass
         try:

@@ -189,8 +189,10 @@ def _assert_png(path: Path) -> None:
 def test_stfn_on_the_features_of_the_trained_run(trained, dirs, ray_head):
     """train_stfn.py on the shared run: its clip features (the Ray Data job; checked against the
     model run here on the same clips, decoded without Ray), STFN on 2 DDP workers, resumed with more
-    epochs (features reused), refused with a changed config, then evaluate.py on the STFN run: the
-    clip mean it prints beside STFN is the run's own §4.3 validation of that checkpoint."""
+    epochs (features reused), then evaluate.py on the STFN run: the clip mean it prints beside STFN
+    is the run's own §4.3 validation of that checkpoint. STFN trains on the 12 validation videos
+    to keep this short (one feature set serves both; the config guard is tested without Ray in
+    test_stfn_features.py)."""
     from dynamonet.config import Config
     from dynamonet.features import collate, read_features
     from dynamonet.models import build_model_from_config
@@ -199,7 +201,7 @@ def test_stfn_on_the_features_of_the_trained_run(trained, dirs, ray_head):
     _, run_dir = trained
     runs, env = dirs["runs"], ray_head.client_env()
     args = [f"--stfn.checkpoint={run_dir}", f"--run.storage_path={runs}", "--name", "stfn-e2e", "--stfn.width=8",
-            "--stfn.depth=1", "--stfn.batch_size=16", "--stfn.num_workers=2"]
+            "--stfn.depth=1", "--stfn.batch_size=4", "--stfn.num_workers=2", "--stfn.train_split=val"]
     p = run(pipeline("train_stfn.py", *args, "--stfn.epochs=2"), env)
     assert p.returncode == 0, p.stderr[-3000:]
     last = p.stdout.strip().splitlines()[-1]
@@ -207,8 +209,9 @@ def test_stfn_on_the_features_of_the_trained_run(trained, dirs, ray_head):
                         r"clip_mean_top1=(\d\.\d{4}) wall_time=\d+\.\ds", last), last
     state = torch.load(run_dir / "checkpoint_epoch0004" / "checkpoint.pt", weights_only=True)  # the latest
     assert float(last.split("clip_mean_top1=")[1].split()[0]) == pytest.approx(state["metrics"]["val/top1"], abs=1e-4)
-    metas = {s: json.loads((run_dir / "features" / s / "features.json").read_text()) for s in ("train", "val")}
-    assert (metas["train"]["num_videos"], metas["val"]["num_videos"], metas["val"]["epoch"]) == (192, 12, 4)
+    assert "[features] val: reusing 12 videos" in p.stdout  # extracted once, for training and for validation
+    meta = json.loads((run_dir / "features" / "val" / "features.json").read_text())
+    assert (meta["num_videos"], meta["epoch"], meta["skipped"]) == (12, 4, [])
 
     # the features are the model's AR, DMR and logits on every evaluation clip
     cfg = Config.from_dict(state["config"])
@@ -222,7 +225,7 @@ def test_stfn_on_the_features_of_the_trained_run(trained, dirs, ray_head):
         logits = model.classify(ar, dmr)
     table = read_features(str(run_dir / "features" / "val"))
     feats, row = collate(table), {v: i for i, v in enumerate(table.column("video_index").to_pylist())}
-    assert int(feats.mask.sum()) == len(clips["clip"]) == metas["val"]["num_clips"]
+    assert int(feats.mask.sum()) == len(clips["clip"]) == meta["num_clips"]
     for k, (v, c) in enumerate(zip(clips["video_index"], clips["clip_index"], strict=True)):
         i = row[int(v)]
         for got, want in ((feats.ar, ar), (feats.dmr, dmr), (feats.logits, logits)):
@@ -230,14 +233,10 @@ def test_stfn_on_the_features_of_the_trained_run(trained, dirs, ray_head):
 
     q = run(pipeline("train_stfn.py", *args, "--stfn.epochs=3"), env)
     assert q.returncode == 0 and "resuming 'stfn-e2e' from epoch 2" in q.stdout, q.stderr[-3000:]
-    assert "[features] train: reusing" in q.stdout and "[features] val: reusing" in q.stdout
+    assert q.stdout.count("[features] val: reusing") == 2 and "DynamoNet" not in q.stdout  # nothing redone
     result = json.loads((runs / "stfn-e2e" / "result.json").read_text())
     assert result["metrics"]["epoch"] == 3 and result["metrics"]["run/resumed_from_epoch"] == 2
     assert checkpoint_epochs(runs / "stfn-e2e") == [2, 3]
-    refused = run(pipeline("train_stfn.py", *args, "--stfn.epochs=3", "--stfn.width=16"), env, timeout=120)
-    errors = [ln for ln in refused.stderr.splitlines() if ln.startswith("error:")]
-    assert refused.returncode == 2 and len(errors) == 1, refused.stderr[-2000:]
-    assert "run 'stfn-e2e' already exists with a different config" in errors[0] and "stfn.width: 8 -> 16" in errors[0]
 
     e = run(pipeline("evaluate.py", "--checkpoint", str(runs / "stfn-e2e")), env)
     assert e.returncode == 0, e.stderr[-3000:]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -220,3 +221,35 @@ def test_recipe_init_from_finds_the_finished_run_of_that_recipe(tmp_path) -> Non
         time.sleep(0.02)  # runs are ordered by their config's mtime
     like = load_config("pipelines/recipes/embedded_stfn.yaml", [f"run.storage_path={tmp_path}"])
     assert recipe_checkpoint("embedded", like) == f"{tmp_path}/full/checkpoint_best"
+
+
+def test_a_feature_set_in_object_storage_reads_like_a_local_one(tmp_path, s3_bucket) -> None:
+    """The cluster case: the set lives in S3 (moto on loopback, through pyarrow's S3 filesystem)."""
+    from dynamonet import storage
+
+    local = _write_set(tmp_path, _videos([2, 0, 3]))
+    remote = f"{s3_bucket}/runs/r/features/val"
+    storage.upload_dir(os.path.join(local, features.VIDEOS), f"{remote}/{features.VIDEOS}")
+    fs, path = storage.resolve_filesystem(remote)
+    storage.write_bytes(fs, f"{path}/{features.MANIFEST}", open(os.path.join(local, features.MANIFEST), "rb").read())
+    assert features.video_files(remote) == sorted(f"{path}/videos/part-{k}.parquet" for k in range(2))
+    assert read_manifest(remote)["class_names"] == list("abcd")
+    got, want = read_features(remote), read_features(local)
+    assert got.equals(want) and got.column("video_id").to_pylist() == ["v0", "v2"]
+
+
+def test_a_changed_config_is_refused_before_any_work(tmp_path) -> None:
+    """The config guard of train_joint.py, for STFN runs: same name, other config → one line naming
+    the keys, before Ray starts or any DynamoNet or feature work; more stfn.epochs is a resume."""
+    from dynamonet.train.ray_train import save_run_config
+    from dynamonet.train.stfn import prepare_stfn_run
+
+    cfg = load_config("pipelines/recipes/embedded_stfn.yaml", [f"run.storage_path={tmp_path}", "run.name=s",
+                                                               f"stfn.checkpoint={tmp_path}/no-such-run"])
+    save_run_config(cfg, f"{tmp_path}/s")
+    with pytest.raises(ValueError, match=r"run.name: run 's' already exists with a different config "
+                                         r"\(stfn.width: 64 -> 16\); choose another --name, or pass --force"):
+        prepare_stfn_run(cfg.override("stfn.width", 16))
+    with pytest.raises(ValueError, match=f"stfn.checkpoint: checkpoint not found: {tmp_path}/no-such-run"):
+        prepare_stfn_run(cfg.override("stfn.epochs", 80))  # past the guard: the next check, still without Ray
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()

@@ -177,6 +177,13 @@ def prepare_features(cfg: Config) -> tuple[Config, dict[str, Any], dict[str, Any
     Returns ``(cfg with stfn.checkpoint set, training features, validation features or None)``."""
     from dynamonet.train.ray_train import init_ray
 
+    if cfg.stfn.checkpoint:  # a missing checkpoint: one line, before Ray starts
+        from dynamonet.train.checkpoint import resolve_checkpoint
+
+        try:
+            resolve_checkpoint(cfg.stfn.checkpoint, cfg.data.s3_endpoint)
+        except ValueError as e:
+            raise ValueError(f"stfn.checkpoint: {str(e).split(': ', 1)[-1]}") from None
     ensure_backbone(cfg)
     init_ray(cfg)
     ckpt = backbone_checkpoint(cfg)
