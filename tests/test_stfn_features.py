@@ -250,6 +250,11 @@ def test_a_changed_config_is_refused_before_any_work(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"run.name: run 's' already exists with a different config "
                                          r"\(stfn.width: 64 -> 16\); choose another --name, or pass --force"):
         prepare_stfn_run(cfg.override("stfn.width", 16))
+    ray_before = _ray_up()
     with pytest.raises(ValueError, match=f"stfn.checkpoint: checkpoint not found: {tmp_path}/no-such-run"):
         prepare_stfn_run(cfg.override("stfn.epochs", 80))  # past the guard: the next check, still without Ray
-    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+    assert _ray_up() == ray_before  # no Ray was started here (the session's own Ray may be up already)
+
+
+def _ray_up() -> bool:
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
