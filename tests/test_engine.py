@@ -166,3 +166,11 @@ def test_init_from_lists_every_layer_it_reinitialises_and_strict_refuses(tmp_pat
         init_weights(run.override("run.init_strict", "true"), K)
     exact = init_weights(run.override("run.init_strict", "true"), 5)   # an exact fit passes the strict check
     assert capsys.readouterr().out.count("[init]   ") == 0 and len(exact) == len(five.state_dict())
+    # the re-initialised layers come from train.seed: the same in every run, another with another seed
+    torch.manual_seed(123)  # the caller's global generator plays no part, and is left as it was
+    again, after = init_weights(run, K), torch.rand(1)
+    torch.testing.assert_close(again["classifier.fc.weight"], state["classifier.fc.weight"], rtol=0, atol=0)
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(1), after)
+    other = init_weights(run.override("train.seed", 1), K)
+    assert not torch.equal(other["classifier.fc.weight"], state["classifier.fc.weight"])

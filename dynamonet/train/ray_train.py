@@ -255,9 +255,13 @@ def init_weights(cfg: Config, num_classes: int) -> dict[str, Any]:
     from dynamonet.models import build_model_from_config, load_matching_weights
     from dynamonet.train.checkpoint import load_checkpoint
 
+    import torch
+
     source = init_source(cfg)
     state = load_checkpoint(source, cfg.data.s3_endpoint)
-    model = build_model_from_config(cfg, num_classes)
+    with torch.random.fork_rng(devices=[]):  # the layers left fresh: from train.seed, the same in every run
+        torch.manual_seed(cfg.train.seed)
+        model = build_model_from_config(cfg, num_classes)
     report = load_matching_weights(model, state["model"])
     changes = report.layer_changes()
     if cfg.run.init_strict and changes:
