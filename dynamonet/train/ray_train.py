@@ -252,10 +252,10 @@ def init_weights(cfg: Config, num_classes: int) -> dict[str, Any]:
         ValueError: ``run.init_strict`` and the checkpoint does not fit the model exactly (every
             such layer named); or the checkpoint cannot be read.
     """
+    import torch
+
     from dynamonet.models import build_model_from_config, load_matching_weights
     from dynamonet.train.checkpoint import load_checkpoint
-
-    import torch
 
     source = init_source(cfg)
     state = load_checkpoint(source, cfg.data.s3_endpoint)
