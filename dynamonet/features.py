@@ -384,7 +384,6 @@ def replace_batch(data: Any, batch_size: int) -> Any:
 
 def top_k(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     """Share of rows whose label is among the ``k`` best scores (``scores (V, K)``, ``labels (V,)``)."""
-    if len(labels) == 0:
-        return math.nan
-    k = min(k, scores.shape[1])
-    return float((scores.topk(k, dim=1).indices == labels[:, None]).any(dim=1).float().mean())
+    from dynamonet.eval_metrics import topk_correct
+
+    return float(topk_correct(scores, labels, k).float().mean()) if len(labels) else math.nan

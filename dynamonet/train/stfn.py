@@ -238,7 +238,7 @@ def build_stfn_trainer(spec: STFNSpec, callbacks: list | None = None, hparams: d
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from dynamonet.train.callbacks import BestCheckpointCallback, TensorBoardCallback
-    from dynamonet.train.ray_train import run_hparams
+    from dynamonet.train.ray_train import run_hparams, tensorboard_dir
 
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
     cfg = spec.cfg
@@ -246,9 +246,7 @@ def build_stfn_trainer(spec: STFNSpec, callbacks: list | None = None, hparams: d
     if cfg.train.use_gpu:
         resources["GPU"] = cfg.train.gpus_per_worker
     remote = storage.is_remote(spec.run_uri)
-    logdir = (os.path.join(os.path.expanduser("~"), ".cache", "dynamonet", "tensorboard", spec.name) if remote
-              else os.path.join(spec.run_uri, "tensorboard"))
-    tb = TensorBoardCallback(logdir, posixpath.join(spec.run_uri, "tensorboard") if remote else "",
+    tb = TensorBoardCallback(tensorboard_dir(spec), posixpath.join(spec.run_uri, "tensorboard") if remote else "",
                              cfg.data.s3_endpoint, hparams=hparams or run_hparams(cfg, STFN_HPARAM_KEYS))
     best = [BestCheckpointCallback(*BEST)] if spec.val_features else []
     storage_path, storage_fs = storage.ray_storage(spec.storage_path, cfg.data.s3_endpoint)
